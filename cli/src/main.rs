@@ -1,0 +1,2 @@
+//! torpor: the command-line tool.
+fn main() {}

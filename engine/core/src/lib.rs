@@ -1,0 +1,1 @@
+//! The checkpoint engine: capture and restore logic shared by the agent and the restorer.

@@ -1,0 +1,2 @@
+//! The torpor image format.
+#![forbid(unsafe_code)]

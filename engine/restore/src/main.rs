@@ -1,0 +1,2 @@
+//! torpor-restore: rebuilds a checkpointed process.
+fn main() {}

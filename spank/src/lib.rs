@@ -1,0 +1,1 @@
+//! The torpor SPANK plugin: options, plugstack config, task environment.
