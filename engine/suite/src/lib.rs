@@ -1,0 +1,1 @@
+//! The engine test suite (our zdtm): run, checkpoint, kill, restore, check.
