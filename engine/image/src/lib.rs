@@ -1,2 +1,17 @@
-//! The torpor image format.
+//! The torpor image format: a versioned, checksummed container for one process's state,
+//! and the on-disk store of generations. See `docs/image-format.md`.
 #![forbid(unsafe_code)]
+
+pub mod container;
+pub mod meta;
+pub mod store;
+
+pub use container::{ImageError, ImageReader, ImageWriter};
+pub use meta::*;
+
+/// Major version of the image format. Readers reject other majors.
+pub const FORMAT_MAJOR: u16 = 1;
+/// Minor version of the image format. New optional fields bump it; older readers still read.
+pub const FORMAT_MINOR: u16 = 0;
+/// Size of a page on the only supported architecture (x86_64).
+pub const PAGE_SIZE: u64 = 4096;

@@ -1,0 +1,494 @@
+//! The image file container: header, page-aligned chunks, JSON metadata, trailer.
+//!
+//! ```text
+//! offset 0      +---------------------------------------------+
+//!               | header (64 bytes used, padded to 4096)      |
+//!               |  magic "TORPORIM" | major u16 | minor u16   |
+//!               |  header_len u32 | page_size u32 | flags u32 |
+//!               |  reserved ...   | xxh3(header[0..56]) u64   |
+//! 4096          +---------------------------------------------+
+//!               | chunk 0 bytes (page aligned)                |
+//!               | chunk 1 bytes ...                           |
+//! meta_offset   +---------------------------------------------+
+//!               | metadata: UTF-8 JSON (ProcessMeta)          |
+//! len - 64      +---------------------------------------------+
+//!               | trailer: magic "TORPEND\0" | meta_offset    |
+//!               |  meta_len | xxh3(meta) | data_end | nchunks |
+//!               |  reserved | xxh3(trailer[0..56])            |
+//!               +---------------------------------------------+
+//! ```
+//! All integers are little endian. Each chunk carries its own xxh3-64 checksum in the
+//! metadata; the metadata is covered by the trailer's checksum, the trailer by its own.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::meta::{Chunk, Codec, ProcessMeta};
+use crate::{FORMAT_MAJOR, FORMAT_MINOR, PAGE_SIZE};
+
+const MAGIC: &[u8; 8] = b"TORPORIM";
+const TRAILER_MAGIC: &[u8; 8] = b"TORPEND\0";
+/// Bytes reserved for the header; the first chunk starts here.
+pub const HEADER_LEN: u64 = 4096;
+/// Length of the trailer at the end of the file.
+pub const TRAILER_LEN: u64 = 64;
+/// Upper bound on the metadata size accepted by readers.
+pub const MAX_META_LEN: u64 = 256 << 20;
+/// Upper bounds on counts accepted by readers, checked before anything is mapped.
+pub const MAX_THREADS: usize = 65_536;
+pub const MAX_REGIONS: usize = 1 << 20;
+pub const MAX_FDS: usize = 1 << 20;
+/// Highest user-space address on x86_64 with 4-level paging.
+pub const USER_SPACE_END: u64 = 0x7fff_ffff_f000;
+
+/// Everything that can be wrong with an image file.
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error("{path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a torpor image (bad magic)")]
+    BadMagic { path: PathBuf },
+    #[error("{path}: image format {major}.{minor} is not supported (this torpor reads {FORMAT_MAJOR}.x)")]
+    UnsupportedVersion {
+        path: PathBuf,
+        major: u16,
+        minor: u16,
+    },
+    #[error("{path}: truncated at offset {offset} (file is {len} bytes)")]
+    Truncated {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+    #[error("{path}: checksum mismatch in {what} at offset {offset}")]
+    Checksum {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+    },
+    #[error("{path}: metadata does not parse: {source}")]
+    Metadata {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: invalid image: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
+fn header_bytes() -> [u8; 64] {
+    let mut h = [0u8; 64];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..10].copy_from_slice(&FORMAT_MAJOR.to_le_bytes());
+    h[10..12].copy_from_slice(&FORMAT_MINOR.to_le_bytes());
+    h[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    h[16..20].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    let sum = xxh3_64(&h[0..56]);
+    h[56..64].copy_from_slice(&sum.to_le_bytes());
+    h
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// Writes one image file sequentially: header, chunks, then metadata and trailer.
+pub struct ImageWriter {
+    file: File,
+    path: PathBuf,
+    pos: u64,
+    chunks: Vec<Chunk>,
+}
+
+impl ImageWriter {
+    /// Starts an image in `file` (which must be empty) and writes its header.
+    pub fn new(mut file: File, path: &Path) -> Result<Self, ImageError> {
+        let mut page = vec![0u8; HEADER_LEN as usize];
+        page[..64].copy_from_slice(&header_bytes());
+        file.write_all(&page).map_err(io(path, "write header"))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            pos: HEADER_LEN,
+            chunks: Vec::new(),
+        })
+    }
+
+    /// Appends the bytes of a page run that lives at `vaddr`. `data.len()` must be a
+    /// multiple of the page size.
+    pub fn add_chunk(&mut self, vaddr: u64, data: &[u8]) -> Result<(), ImageError> {
+        debug_assert!(data.len() as u64 % PAGE_SIZE == 0);
+        self.file
+            .write_all(data)
+            .map_err(io(&self.path, "write chunk"))?;
+        self.chunks.push(Chunk {
+            vaddr,
+            len: data.len() as u64,
+            offset: self.pos,
+            stored_len: data.len() as u64,
+            codec: Codec::Raw,
+            checksum: xxh3_64(data),
+        });
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes of chunk data written so far.
+    pub fn data_bytes(&self) -> u64 {
+        self.pos - HEADER_LEN
+    }
+
+    /// Writes the metadata (with the chunk table filled in) and the trailer, then fsyncs.
+    pub fn finish(mut self, meta: &mut ProcessMeta) -> Result<File, ImageError> {
+        meta.chunks = std::mem::take(&mut self.chunks);
+        let json = serde_json::to_vec(meta).map_err(|source| ImageError::Metadata {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut t = [0u8; 64];
+        t[0..8].copy_from_slice(TRAILER_MAGIC);
+        t[8..16].copy_from_slice(&self.pos.to_le_bytes());
+        t[16..24].copy_from_slice(&(json.len() as u64).to_le_bytes());
+        t[24..32].copy_from_slice(&xxh3_64(&json).to_le_bytes());
+        t[32..40].copy_from_slice(&self.pos.to_le_bytes());
+        t[40..48].copy_from_slice(&(meta.chunks.len() as u64).to_le_bytes());
+        let sum = xxh3_64(&t[0..56]);
+        t[56..64].copy_from_slice(&sum.to_le_bytes());
+        self.file
+            .write_all(&json)
+            .map_err(io(&self.path, "write metadata"))?;
+        self.file
+            .write_all(&t)
+            .map_err(io(&self.path, "write trailer"))?;
+        self.file.sync_all().map_err(io(&self.path, "fsync"))?;
+        Ok(self.file)
+    }
+}
+
+/// An opened, structurally validated image.
+pub struct ImageReader {
+    file: File,
+    path: PathBuf,
+    meta: ProcessMeta,
+}
+
+impl ImageReader {
+    /// Opens `path`, checks header, trailer, metadata checksum and bounds.
+    pub fn open(path: &Path) -> Result<Self, ImageError> {
+        let file = File::open(path).map_err(io(path, "open"))?;
+        Self::from_file(file, path)
+    }
+
+    /// Like [`ImageReader::open`] on an already opened file.
+    pub fn from_file(mut file: File, path: &Path) -> Result<Self, ImageError> {
+        let len = file.seek(SeekFrom::End(0)).map_err(io(path, "seek"))?;
+        if len < HEADER_LEN + TRAILER_LEN {
+            return Err(ImageError::Truncated {
+                path: path.into(),
+                offset: len,
+                len,
+            });
+        }
+        let mut h = [0u8; 64];
+        file.read_exact_at(&mut h, 0)
+            .map_err(io(path, "read header"))?;
+        if &h[0..8] != MAGIC {
+            return Err(ImageError::BadMagic { path: path.into() });
+        }
+        if u64_at(&h, 56) != xxh3_64(&h[0..56]) {
+            return Err(ImageError::Checksum {
+                path: path.into(),
+                what: "header".into(),
+                offset: 0,
+            });
+        }
+        let (major, minor) = (u16_at(&h, 8), u16_at(&h, 10));
+        if major != FORMAT_MAJOR {
+            return Err(ImageError::UnsupportedVersion {
+                path: path.into(),
+                major,
+                minor,
+            });
+        }
+        let mut t = [0u8; 64];
+        file.read_exact_at(&mut t, len - TRAILER_LEN)
+            .map_err(io(path, "read trailer"))?;
+        if &t[0..8] != TRAILER_MAGIC || u64_at(&t, 56) != xxh3_64(&t[0..56]) {
+            // A missing or damaged trailer is what a cut-off write leaves behind.
+            return Err(ImageError::Truncated {
+                path: path.into(),
+                offset: len - TRAILER_LEN,
+                len,
+            });
+        }
+        let (meta_off, meta_len, meta_sum) = (u64_at(&t, 8), u64_at(&t, 16), u64_at(&t, 24));
+        if meta_len > MAX_META_LEN
+            || meta_off < HEADER_LEN
+            || meta_off.checked_add(meta_len) != Some(len - TRAILER_LEN)
+        {
+            return Err(ImageError::Invalid {
+                path: path.into(),
+                reason: format!("metadata at {meta_off}+{meta_len} does not fit a {len}-byte file"),
+            });
+        }
+        let mut json = vec![0u8; meta_len as usize];
+        file.read_exact_at(&mut json, meta_off)
+            .map_err(io(path, "read metadata"))?;
+        if xxh3_64(&json) != meta_sum {
+            return Err(ImageError::Checksum {
+                path: path.into(),
+                what: "metadata".into(),
+                offset: meta_off,
+            });
+        }
+        let meta: ProcessMeta =
+            serde_json::from_slice(&json).map_err(|source| ImageError::Metadata {
+                path: path.into(),
+                source,
+            })?;
+        validate(&meta, meta_off).map_err(|reason| ImageError::Invalid {
+            path: path.into(),
+            reason,
+        })?;
+        file.rewind().map_err(io(path, "seek"))?;
+        Ok(Self {
+            file,
+            path: path.into(),
+            meta,
+        })
+    }
+
+    pub fn meta(&self) -> &ProcessMeta {
+        &self.meta
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Reads every chunk and checks its checksum; reports the first bad one.
+    pub fn verify_chunks(&self) -> Result<(), ImageError> {
+        let mut buf = Vec::new();
+        for (i, c) in self.meta.chunks.iter().enumerate() {
+            buf.resize(c.stored_len as usize, 0);
+            self.file.read_exact_at(&mut buf, c.offset).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    ImageError::Truncated {
+                        path: self.path.clone(),
+                        offset: c.offset,
+                        len: c.offset,
+                    }
+                } else {
+                    ImageError::Io {
+                        path: self.path.clone(),
+                        op: "read chunk",
+                        source: e,
+                    }
+                }
+            })?;
+            if xxh3_64(&buf) != c.checksum {
+                return Err(ImageError::Checksum {
+                    path: self.path.clone(),
+                    what: format!("chunk {i} (pages at {:#x})", c.vaddr),
+                    offset: c.offset,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one chunk's stored bytes into `buf` (resized to fit).
+    pub fn read_chunk(&self, c: &Chunk, buf: &mut Vec<u8>) -> Result<(), ImageError> {
+        buf.resize(c.stored_len as usize, 0);
+        self.file
+            .read_exact_at(buf, c.offset)
+            .map_err(io(&self.path, "read chunk"))
+    }
+
+    pub fn into_parts(self) -> (File, ProcessMeta) {
+        (self.file, self.meta)
+    }
+}
+
+/// Structural checks on metadata, before anything is trusted or mapped.
+fn validate(m: &ProcessMeta, data_end: u64) -> Result<(), String> {
+    if m.threads.is_empty() || m.threads.len() > MAX_THREADS {
+        return Err(format!("{} threads", m.threads.len()));
+    }
+    if m.threads.iter().filter(|t| t.is_main).count() != 1 {
+        return Err("not exactly one main thread".into());
+    }
+    if m.regions.len() > MAX_REGIONS || m.fds.len() > MAX_FDS {
+        return Err(format!("{} regions, {} fds", m.regions.len(), m.fds.len()));
+    }
+    let mut prev_end = 0u64;
+    for r in &m.regions {
+        if r.start % PAGE_SIZE != 0
+            || r.end % PAGE_SIZE != 0
+            || r.start >= r.end
+            || r.end > USER_SPACE_END
+            || r.start < prev_end
+        {
+            return Err(format!("region {:#x}-{:#x} is malformed", r.start, r.end));
+        }
+        if r.pages_saved > (r.end - r.start) / PAGE_SIZE {
+            return Err(format!("region {:#x} claims too many pages", r.start));
+        }
+        prev_end = r.end;
+    }
+    for c in &m.chunks {
+        let end = c.vaddr.checked_add(c.len).unwrap_or(u64::MAX);
+        let inside = m.regions.iter().any(|r| r.start <= c.vaddr && end <= r.end);
+        let stored_end = c.offset.checked_add(c.stored_len).unwrap_or(u64::MAX);
+        if !inside
+            || c.len % PAGE_SIZE != 0
+            || c.len == 0
+            || c.offset < HEADER_LEN
+            || stored_end > data_end
+            || (c.codec == Codec::Raw && c.stored_len != c.len)
+        {
+            return Err(format!("chunk at {:#x}+{} is malformed", c.vaddr, c.len));
+        }
+    }
+    for f in &m.fds {
+        if f.fd < 0 || f.fd > 1 << 20 {
+            return Err(format!("fd {} out of range", f.fd));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::*;
+
+    fn sample() -> ProcessMeta {
+        ProcessMeta {
+            format: "1.0".into(),
+            threads: vec![ThreadMeta {
+                tid: 7,
+                is_main: true,
+                ..Default::default()
+            }],
+            regions: vec![Region {
+                start: 0x10000,
+                end: 0x14000,
+                prot: 3,
+                kind: RegionKind::Anon,
+                name: String::new(),
+                offset: 0,
+                file: None,
+                pages_saved: 2,
+                flags: vec![],
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn write(dir: &Path) -> PathBuf {
+        let p = dir.join("x.img");
+        let f = File::create(&p).unwrap();
+        let mut w = ImageWriter::new(f, &p).unwrap();
+        let data = vec![0xabu8; 8192];
+        w.add_chunk(0x10000, &data).unwrap();
+        let mut m = sample();
+        w.finish(&mut m).unwrap();
+        p
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("torpor-image-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip() {
+        let d = tmp("rt");
+        let p = write(&d);
+        let r = ImageReader::open(&p).unwrap();
+        r.verify_chunks().unwrap();
+        assert_eq!(r.meta().chunks.len(), 1);
+        assert_eq!(r.meta().threads[0].tid, 7);
+        let mut buf = Vec::new();
+        r.read_chunk(&r.meta().chunks[0], &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0xab));
+    }
+
+    #[test]
+    fn every_bit_flip_is_detected() {
+        let d = tmp("flip");
+        let p = write(&d);
+        let orig = std::fs::read(&p).unwrap();
+        // Flip one bit in every 61st byte, including header, data, metadata and trailer.
+        for at in (0..orig.len()).step_by(61) {
+            let mut b = orig.clone();
+            b[at] ^= 0x10;
+            let q = d.join("flipped.img");
+            std::fs::write(&q, &b).unwrap();
+            let ok = ImageReader::open(&q).and_then(|r| r.verify_chunks());
+            // Bytes in the header padding are not covered and not read.
+            if (64..HEADER_LEN as usize).contains(&at) {
+                continue;
+            }
+            assert!(ok.is_err(), "flip at {at} not detected");
+        }
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let d = tmp("trunc");
+        let p = write(&d);
+        let orig = std::fs::read(&p).unwrap();
+        for cut in [0, 10, 4096, 5000, orig.len() - 65, orig.len() - 1] {
+            let q = d.join("cut.img");
+            std::fs::write(&q, &orig[..cut]).unwrap();
+            assert!(ImageReader::open(&q).is_err(), "cut at {cut} not detected");
+        }
+    }
+
+    #[test]
+    fn newer_major_is_refused() {
+        let d = tmp("ver");
+        let p = write(&d);
+        let mut b = std::fs::read(&p).unwrap();
+        b[8] = 9;
+        let sum = xxh3_64(&b[0..56]);
+        b[56..64].copy_from_slice(&sum.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        assert!(matches!(
+            ImageReader::open(&p),
+            Err(ImageError::UnsupportedVersion { major: 9, .. })
+        ));
+    }
+}

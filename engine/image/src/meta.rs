@@ -1,0 +1,262 @@
+//! The metadata of one process image: everything but the page contents, serialized as JSON.
+//!
+//! New fields must be `#[serde(default)]` so that images written by older minor versions
+//! still parse; removing or changing the meaning of a field needs a new major version.
+
+use serde::{Deserialize, Serialize};
+
+/// Everything about a process except its page contents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcessMeta {
+    /// Format version that wrote this metadata, "major.minor".
+    pub format: String,
+    /// Who and when.
+    pub origin: Origin,
+    /// Memory-descriptor fields restored with `PR_SET_MM_MAP`.
+    pub mm: MmFields,
+    /// The auxiliary vector as (type, value) pairs.
+    pub auxv: Vec<(u64, u64)>,
+    /// Placement and identity of the kernel's vdso/vvar mappings.
+    pub vdso: Vdso,
+    /// Signal dispositions, one per signal that is not SIG_DFL.
+    pub sigactions: Vec<SigAction>,
+    /// Threads; exactly one has `is_main`.
+    pub threads: Vec<ThreadMeta>,
+    /// Address-space regions in address order.
+    pub regions: Vec<Region>,
+    /// Extents of saved memory: page runs stored in the data section.
+    pub chunks: Vec<Chunk>,
+    /// Open file descriptors.
+    pub fds: Vec<FdMeta>,
+    /// Process-wide attributes.
+    pub process: ProcessAttrs,
+    /// Addresses inside the agent that the restorer fills in.
+    pub agent: AgentAddrs,
+}
+
+/// Provenance of an image.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Origin {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: String,
+    pub kernel: String,
+    /// Seconds since the epoch when the threads were paused.
+    pub time_unix: f64,
+    pub exe: String,
+    pub argv: Vec<String>,
+    /// Generation number and job attempt that wrote this image.
+    pub generation: u64,
+    pub attempt: u32,
+    /// Whether the process was already living in a pid namespace created by a restore.
+    #[serde(default)]
+    pub in_restore_pidns: bool,
+}
+
+/// The fields of `struct prctl_mm_map` (except auxv and exe_fd).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// The vdso and vvar mappings of the checkpointed process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Vdso {
+    /// Start and length of `[vvar]` (plus `[vvar_vclock]` when present), 0 if absent.
+    pub vvar_start: u64,
+    pub vvar_len: u64,
+    pub vdso_start: u64,
+    pub vdso_len: u64,
+    /// xxh3-64 of the vdso bytes, to detect a different kernel.
+    pub vdso_hash: u64,
+}
+
+/// One signal disposition, in the kernel's `struct sigaction` layout.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct SigAction {
+    pub signo: i32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// One thread's kernel-side state; registers live in memory (see docs/image-format.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ThreadMeta {
+    pub tid: i32,
+    pub is_main: bool,
+    /// Address of the saved mini-context (callee-saved registers, rsp, rip) in the image memory.
+    pub ctx_addr: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// `set_tid_address` value; for glibc threads this is `&pthread->tid`.
+    pub clear_tid: u64,
+    pub robust_head: u64,
+    pub robust_len: u64,
+    pub rseq_addr: u64,
+    pub rseq_len: u32,
+    pub rseq_sig: u32,
+    pub name: String,
+}
+
+/// What a region is, which decides how it is saved and recreated.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionKind {
+    /// Private anonymous memory (heap arenas, thread stacks, bss tails).
+    Anon,
+    /// The `[heap]` (brk area).
+    Heap,
+    /// The main thread's `[stack]`, recreated growing down.
+    Stack,
+    /// Private file mapping: the file is mapped again and modified pages overlaid.
+    FilePrivate,
+    /// Shared file mapping: mapped again, nothing saved (the file holds the data).
+    FileShared,
+    /// Shared anonymous memory, memfd or /dev/shm whose file is gone: whole contents saved.
+    SharedAnon,
+    /// A mapping of a file that was deleted: contents saved, recreated as anonymous memory.
+    DeletedFile,
+}
+
+/// One virtual memory area.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    pub kind: RegionKind,
+    /// Name from /proc/self/maps (path, `[heap]`, `[anon:...]`, ...).
+    pub name: String,
+    /// Offset into the file for file mappings.
+    #[serde(default)]
+    pub offset: u64,
+    /// Identity of the mapped file, checked before restoring.
+    #[serde(default)]
+    pub file: Option<FileId>,
+    /// Pages of this region stored in the image.
+    pub pages_saved: u64,
+    /// Extra flags (`dontfork`, `wipeonfork`, `hugepage`, `growsdown`, `noreserve`).
+    #[serde(default)]
+    pub flags: Vec<String>,
+}
+
+/// How a file is recognised as unchanged.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+
+/// How a chunk's bytes are stored.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    Raw,
+}
+
+/// A run of consecutive saved pages stored contiguously in the data section.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Chunk {
+    /// Virtual address of the first page.
+    pub vaddr: u64,
+    /// Uncompressed length in bytes (a multiple of the page size).
+    pub len: u64,
+    /// Byte offset of the stored bytes in the image file (page aligned).
+    pub offset: u64,
+    /// Stored length in bytes.
+    pub stored_len: u64,
+    pub codec: Codec,
+    /// xxh3-64 of the stored bytes.
+    pub checksum: u64,
+}
+
+/// What an fd refers to and how it comes back.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FdKind {
+    /// 0, 1, 2: taken from the new launch.
+    Stdio,
+    /// A regular file reopened by path.
+    File,
+    /// A directory reopened by path.
+    Directory,
+    /// A character device that can simply be reopened (/dev/null, /dev/zero, /dev/urandom...).
+    Device,
+    /// A file deleted while open: contents saved with the generation.
+    Deleted,
+}
+
+/// What a restore does to the file's contents before reopening it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileDisposition {
+    /// Opened read-only: must be unchanged.
+    Verify,
+    /// Only appended to (or written sequentially): cut back to `size` at restore.
+    Truncate,
+    /// Written elsewhere: contents captured in the generation and put back.
+    Captured,
+    /// Nothing to do (devices, directories, stdio).
+    None,
+}
+
+/// One open file descriptor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FdMeta {
+    pub fd: i32,
+    pub kind: FdKind,
+    pub path: String,
+    /// `O_*` status flags from `F_GETFL`.
+    pub flags: u32,
+    pub cloexec: bool,
+    pub offset: i64,
+    pub disposition: FileDisposition,
+    #[serde(default)]
+    pub file: Option<FileId>,
+    /// Name of the captured copy inside the generation directory, if any.
+    #[serde(default)]
+    pub captured: Option<String>,
+}
+
+/// Process-wide attributes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcessAttrs {
+    pub cwd: String,
+    pub umask: u32,
+    /// (resource, soft, hard).
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// Name of the thread-group leader (`comm`).
+    pub comm: String,
+}
+
+/// Addresses of agent variables that the restorer writes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentAddrs {
+    /// `struct RestoreInfo` inside the agent.
+    pub restore_info: u64,
+}
+
+impl ProcessMeta {
+    /// Sum of the page counts saved across regions.
+    pub fn pages_saved(&self) -> u64 {
+        self.regions.iter().map(|r| r.pages_saved).sum()
+    }
+}
