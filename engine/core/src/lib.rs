@@ -1,1 +1,8 @@
-//! The checkpoint engine: capture and restore logic shared by the agent and the restorer.
+//! The checkpoint engine: capture (run by the agent's writer child) and restore planning
+//! (run by `torpor-restore`), shared by the agent and the restorer.
+
+pub mod capture;
+pub mod plan;
+pub mod procmaps;
+pub mod records;
+pub mod restore;

@@ -227,7 +227,7 @@ impl Pending {
     /// Makes the generation durable and visible: writes the manifest, fsyncs, renames the
     /// directory into place, then points `latest` at it. Refuses to commit when a newer
     /// attempt already committed a generation (fencing).
-    pub fn commit(self, mut manifest: Manifest) -> Result<PathBuf, StoreError> {
+    pub fn commit(&self, mut manifest: Manifest) -> Result<PathBuf, StoreError> {
         let dir = self.store.dir().to_path_buf();
         if let Some(l) = self.store.latest() {
             if let Ok(m) = self.store.manifest(l) {
@@ -265,7 +265,7 @@ impl Pending {
     }
 
     /// Abandons the generation, removing its temporary directory.
-    pub fn abort(self) {
+    pub fn abort(&self) {
         let _ = fs::remove_dir_all(&self.tmp);
     }
 }

@@ -1,0 +1,593 @@
+//! The manager thread: waits for triggers (interval, request signal), pauses every thread,
+//! snapshots fds, forks the writer child, releases the program, and reports the result.
+//! In a restored process it is also the thread that finishes the restore.
+
+use std::cell::UnsafeCell;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::SeqCst};
+
+use torpor_engine::capture::{self, CaptureInput};
+use torpor_engine::records::{FdSnap, RestoreInfo};
+use torpor_image::store::{Manifest, Pending, Store};
+
+use crate::park::{self, MAX_THREADS, PARKED, RELEASE, RESUMED, SLOT, THREADS};
+use crate::{alloc, sys};
+
+/// Most fds captured.
+pub const MAX_FDS: usize = 1024;
+/// How long to wait for threads to park before giving up on a checkpoint.
+const STOP_TIMEOUT_NS: u64 = 10_000_000_000;
+
+/// Settings read from the environment at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub interval_ns: u64,
+    pub keep: usize,
+    pub attempt: u32,
+    pub capture_limit: u64,
+    pub verbose: bool,
+    pub park_sig: i32,
+}
+
+/// Request counter bumped by the request signal handler, and the id it carried.
+pub static REQ: AtomicU32 = AtomicU32::new(0);
+pub static REQ_ID: AtomicI32 = AtomicI32::new(0);
+/// Tid of the manager thread.
+pub static MANAGER_TID: AtomicI32 = AtomicI32::new(0);
+/// The agent's writable segments (.data/.bss), found at start.
+pub static WSEG_START: AtomicU64 = AtomicU64::new(0);
+pub static WSEG_END: AtomicU64 = AtomicU64::new(0);
+/// Set after a restore into a fresh pid namespace.
+static IN_PIDNS: AtomicU32 = AtomicU32::new(0);
+
+pub struct Cell<T>(UnsafeCell<T>);
+// SAFETY: these buffers are used by the manager thread only (and by its forked child,
+// which is a separate process).
+unsafe impl<T> Sync for Cell<T> {}
+
+static FDS: Cell<[FdSnap; MAX_FDS]> = Cell(UnsafeCell::new(
+    [FdSnap {
+        fd: 0,
+        flags: 0,
+        fdflags: 0,
+        mode: 0,
+        offset: 0,
+        size: 0,
+        dev: 0,
+        ino: 0,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+        captured: 0,
+    }; MAX_FDS],
+));
+static DIRBUF: Cell<[u8; 16384]> = Cell(UnsafeCell::new([0; 16384]));
+static SIGNALLED: Cell<[i32; MAX_THREADS]> = Cell(UnsafeCell::new([0; MAX_THREADS]));
+
+/// Filled by the restorer in a restored process.
+#[unsafe(no_mangle)]
+pub static TORPOR_RESTORE_INFO: Cell<RestoreInfo> = Cell(UnsafeCell::new(RestoreInfo {
+    restored: 0,
+    unmap: [[0; 2]; 4],
+    same_pids: 0,
+}));
+
+/// What the writer child needs, published through a pointer before the pause.
+struct ChildArgs {
+    pending: *const Pending,
+    nthreads: usize,
+    nfds: usize,
+    patch: *mut u8,
+    patch_len: usize,
+    pid: i32,
+    ppid: i32,
+    time_unix: f64,
+    attempt: u32,
+    err_fd: i32,
+}
+static CHILD_ARGS: AtomicPtr<ChildArgs> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Outcome of one checkpoint round.
+pub enum Outcome {
+    Committed {
+        generation: u64,
+        path: PathBuf,
+        pause_ns: u64,
+        total_ns: u64,
+    },
+    Failed(String),
+    Restored,
+}
+
+fn sys_open(path: &[u8], flags: i32) -> i32 {
+    // SAFETY: path is NUL-terminated by every caller.
+    unsafe {
+        libc::open(
+            path.as_ptr() as *const libc::c_char,
+            flags | libc::O_CLOEXEC,
+        )
+    }
+}
+
+fn close(fd: i32) {
+    if fd >= 0 {
+        // SAFETY: closing an fd the agent opened.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Calls `f` with each numeric entry of an open /proc directory. No allocation.
+fn for_each_num(dirfd: i32, mut f: impl FnMut(i32)) {
+    // SAFETY: dirfd is a directory the manager opened; the buffer is manager-only.
+    unsafe {
+        libc::lseek(dirfd, 0, libc::SEEK_SET);
+        let buf = &mut *DIRBUF.0.get();
+        loop {
+            let n = libc::syscall(libc::SYS_getdents64, dirfd, buf.as_mut_ptr(), buf.len());
+            if n <= 0 {
+                break;
+            }
+            let mut off = 0usize;
+            while off < n as usize {
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                let name = &buf[off + 19..off + reclen];
+                let mut v: i64 = 0;
+                let mut ok = false;
+                for &c in name {
+                    if c == 0 {
+                        break;
+                    }
+                    if !c.is_ascii_digit() {
+                        ok = false;
+                        break;
+                    }
+                    v = v * 10 + (c - b'0') as i64;
+                    ok = true;
+                }
+                if ok {
+                    f(v as i32);
+                }
+                off += reclen;
+            }
+        }
+    }
+}
+
+/// Signals every thread but the caller until all are parked or the timeout passes.
+fn stop_all(task_fd: i32, sig: i32) -> Result<(), &'static str> {
+    let me = sys::gettid();
+    // SAFETY: manager-only buffer.
+    let sig_list = unsafe { &mut *SIGNALLED.0.get() };
+    let mut ns = 0usize;
+    let t0 = sys::now_ns();
+    loop {
+        let mut newfound = false;
+        let mut overflow = false;
+        for_each_num(task_fd, |tid| {
+            if tid == me || sig_list[..ns].contains(&tid) {
+                return;
+            }
+            if ns >= MAX_THREADS - 1 {
+                overflow = true;
+                return;
+            }
+            if sys::tgkill(tid, sig) == 0 {
+                sig_list[ns] = tid;
+                ns += 1;
+                newfound = true;
+            }
+        });
+        if overflow {
+            return Err("too many threads");
+        }
+        loop {
+            let parked = PARKED.load(SeqCst) as usize;
+            if parked >= ns {
+                break;
+            }
+            // Threads that exited after being signalled will never park.
+            let alive = sig_list[..ns]
+                .iter()
+                .filter(|&&t| sys::tgkill(t, 0) == 0)
+                .count();
+            let gone = ns - alive;
+            if parked + gone >= ns && SLOT.load(SeqCst) == parked + 1 {
+                break;
+            }
+            if sys::now_ns() - t0 > STOP_TIMEOUT_NS {
+                return Err(
+                    "a thread did not stop within 10 s (it may block the checkpoint signal)",
+                );
+            }
+            sys::futex_wait(&PARKED, parked as u32, 5_000_000);
+        }
+        if !newfound {
+            break;
+        }
+    }
+    if SLOT.load(SeqCst) > MAX_THREADS {
+        return Err("too many threads");
+    }
+    Ok(())
+}
+
+fn release() {
+    RELEASE.store(park::GEN.load(SeqCst), SeqCst);
+    sys::futex_wake(&RELEASE, i32::MAX);
+}
+
+/// Records every open fd except the agent's own; copies written files into the
+/// generation. Runs while the program is paused: no allocation.
+fn snapshot_fds(fd_dir: i32, exclude: &[i32], files_fd: i32, limit: u64) -> usize {
+    // SAFETY: manager-only table.
+    let fds = unsafe { &mut *FDS.0.get() };
+    let mut n = 0usize;
+    for_each_num(fd_dir, |fd| {
+        if exclude.contains(&fd) || n >= MAX_FDS {
+            return;
+        }
+        let s = &mut fds[n];
+        *s = FdSnap {
+            fd,
+            ..FdSnap::default()
+        };
+        // SAFETY: fcntl/fstat/lseek on an fd number; st is a local out-parameter.
+        unsafe {
+            s.flags = libc::fcntl(fd, libc::F_GETFL);
+            if s.flags < 0 {
+                return; // closed meanwhile
+            }
+            s.fdflags = libc::fcntl(fd, libc::F_GETFD);
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) == 0 {
+                s.mode = st.st_mode;
+                s.size = st.st_size;
+                s.dev = st.st_dev;
+                s.ino = st.st_ino;
+                s.mtime_sec = st.st_mtime;
+                s.mtime_nsec = st.st_mtime_nsec;
+            }
+            s.offset = libc::lseek(fd, 0, libc::SEEK_CUR);
+        }
+        let acc = s.flags & libc::O_ACCMODE;
+        let is_reg = s.mode & libc::S_IFMT == libc::S_IFREG;
+        let needs_copy = is_reg
+            && fd > 2
+            && acc != libc::O_RDONLY
+            && s.flags & libc::O_APPEND == 0
+            && !(acc == libc::O_WRONLY && s.offset == s.size);
+        if needs_copy {
+            s.captured = if (s.size as u64) <= limit && copy_file(fd, files_fd, s.size as u64) {
+                1
+            } else {
+                -1
+            };
+        }
+        n += 1;
+    });
+    n
+}
+
+/// Copies the first `size` bytes of `fd` to `files/fd-<fd>` (reflink when possible).
+fn copy_file(fd: i32, files_fd: i32, size: u64) -> bool {
+    let mut name = [0u8; 40];
+    let mut nb = [0u8; 24];
+    let digits = sys::itoa(fd as u64, &mut nb);
+    name[..3].copy_from_slice(b"fd-");
+    name[3..3 + digits.len()].copy_from_slice(digits);
+    let mut src_path = [0u8; 48];
+    let pre = b"/proc/self/fd/";
+    src_path[..pre.len()].copy_from_slice(pre);
+    src_path[pre.len()..pre.len() + digits.len()].copy_from_slice(digits);
+    let src = sys_open(&src_path, libc::O_RDONLY);
+    if src < 0 {
+        return false;
+    }
+    // SAFETY: name is NUL-terminated; files_fd is a directory we opened.
+    let dst = unsafe {
+        libc::openat(
+            files_fd,
+            name.as_ptr() as *const libc::c_char,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    let mut ok = dst >= 0;
+    if ok {
+        const FICLONE: u64 = 0x4004_9409;
+        // SAFETY: ioctl FICLONE takes the source fd as its argument.
+        let cloned = unsafe { libc::ioctl(dst, FICLONE, src) } == 0;
+        if !cloned {
+            let mut off: i64 = 0;
+            while (off as u64) < size {
+                // SAFETY: both fds are open; `off` is our local offset.
+                let r = unsafe {
+                    libc::copy_file_range(
+                        src,
+                        &mut off,
+                        dst,
+                        std::ptr::null_mut(),
+                        (size - off as u64) as usize,
+                        0,
+                    )
+                };
+                if r <= 0 {
+                    ok = r == 0 && off as u64 == size;
+                    break;
+                }
+            }
+        }
+    }
+    close(src);
+    close(dst);
+    ok
+}
+
+/// Pauses here with all other threads parked: saves the manager's own context, then
+/// forks the writer. Returns the writer's pid and pidfd, or `None` in a restored process.
+/// Nothing after the `ctx_save` may depend on locals: in a restored process execution
+/// continues from it with the stack as the writer child captured it.
+#[inline(never)]
+fn pause_point(slot: usize) -> Option<(i64, i32)> {
+    let r = THREADS.slot(slot);
+    // SAFETY: the manager owns `slot`.
+    if park::ctx_save(unsafe { std::ptr::addr_of_mut!((*r).ctx) }) != 0 {
+        return None;
+    }
+    let mut pidfd: i32 = -1;
+    // SAFETY: a fork-like clone (no CLONE_VM, stack 0 = copy of ours). Exit signal 0, so
+    // the program's wait(-1) never reaps our writer; CLONE_PIDFD gives us a handle.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_PIDFD as u64,
+            0u64,
+            &mut pidfd as *mut i32,
+            0u64,
+            0u64,
+        )
+    };
+    if pid == 0 {
+        child_main();
+    }
+    Some((pid, pidfd))
+}
+
+/// The writer child: single-threaded copy of the paused program.
+fn child_main() -> ! {
+    let a = CHILD_ARGS.load(SeqCst);
+    // SAFETY: published by the manager before the pause; the memory is our private copy.
+    let a = unsafe { &*a };
+    let (ws, we) = (WSEG_START.load(SeqCst), WSEG_END.load(SeqCst));
+    // Keep the agent's data as it was at the pause, before we change any of it.
+    if !a.patch.is_null() && we > ws && a.patch_len as u64 >= we - ws {
+        // SAFETY: the writable segment is mapped readable; the buffer is big enough.
+        unsafe { std::ptr::copy_nonoverlapping(ws as *const u8, a.patch, (we - ws) as usize) };
+    }
+    alloc::enter_child_mode();
+    // SAFETY: PR_SET_NAME with a NUL-terminated name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"torpor-writer".as_ptr()) };
+    let code = match child_write(a, ws, we) {
+        Ok(()) => 0,
+        Err(msg) => {
+            // SAFETY: err_fd is the write end of our pipe.
+            unsafe { libc::write(a.err_fd, msg.as_ptr() as *const libc::c_void, msg.len()) };
+            1
+        }
+    };
+    // SAFETY: ends this process without running any exit handlers.
+    unsafe { libc::syscall(libc::SYS_exit_group, code) };
+    unreachable!()
+}
+
+fn child_write(a: &ChildArgs, ws: u64, we: u64) -> Result<(), String> {
+    // SAFETY: published by the manager, alive in our copy of its frame.
+    let pending = unsafe { &*a.pending };
+    // SAFETY: all threads were parked at the fork; the records are complete.
+    let threads = unsafe { THREADS.first(a.nthreads) };
+    // SAFETY: filled during the pause; nobody writes it here.
+    let fds = unsafe { &(&*FDS.0.get())[..a.nfds] };
+    let patch = if a.patch.is_null() {
+        None
+    } else {
+        // SAFETY: the buffer holds the copy made at the top of child_main.
+        Some((ws, unsafe {
+            std::slice::from_raw_parts(a.patch, (we - ws) as usize)
+        }))
+    };
+    // SAFETY: plain struct in agent memory.
+    let ri = TORPOR_RESTORE_INFO.0.get() as u64;
+    let input = CaptureInput {
+        pid: a.pid,
+        ppid: a.ppid,
+        threads,
+        fds,
+        restore_info_addr: ri,
+        skip: &alloc::is_child_region,
+        patch,
+        generation: pending.generation(),
+        attempt: a.attempt,
+        time_unix: a.time_unix,
+        in_restore_pidns: IN_PIDNS.load(SeqCst) != 0,
+    };
+    let cap = capture::write_process_image(pending, &input).map_err(|e| e.to_string())?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    pending
+        .commit(Manifest {
+            generation: 0,
+            attempt: a.attempt,
+            time_unix: a.time_unix,
+            hostname: host.trim().to_string(),
+            processes: vec![cap.process],
+            bytes: cap.bytes,
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// In a restored process: wait for every thread to be back, drop the restorer, release.
+fn finish_restore(nthreads: usize) {
+    loop {
+        let r = RESUMED.load(SeqCst);
+        if r as usize + 1 >= nthreads {
+            break;
+        }
+        sys::futex_wait(&RESUMED, r, 100_000_000);
+    }
+    // SAFETY: the restorer filled this before cloning threads; every thread has left its
+    // code (they all reported RESUMED from inside the agent), so unmapping it is safe.
+    unsafe {
+        let ri = &mut *TORPOR_RESTORE_INFO.0.get();
+        for [s, e] in ri.unmap {
+            if e > s {
+                libc::munmap(s as *mut libc::c_void, (e - s) as usize);
+            }
+        }
+        IN_PIDNS.store(ri.same_pids as u32, SeqCst);
+        ri.restored = 0;
+    }
+    RESUMED.store(0, SeqCst);
+    release();
+}
+
+/// One checkpoint round.
+pub fn checkpoint(cfg: &Config) -> Outcome {
+    let store = Store::new(&cfg.dir);
+    let pending = match store.begin(cfg.attempt) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let files_dir = pending.path().join("files");
+    if let Err(e) = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&files_dir)
+    {
+        pending.abort();
+        return Outcome::Failed(format!("{}: {e}", files_dir.display()));
+    }
+    let files_c = CString::new(files_dir.as_os_str().as_bytes()).unwrap_or_default();
+    let files_fd = sys_open(
+        files_c.as_bytes_with_nul(),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    );
+    let task_fd = sys_open(b"/proc/self/task\0", libc::O_RDONLY | libc::O_DIRECTORY);
+    let fd_dir = sys_open(b"/proc/self/fd\0", libc::O_RDONLY | libc::O_DIRECTORY);
+    let mut pipe = [-1i32; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
+    let (ws, we) = (WSEG_START.load(SeqCst), WSEG_END.load(SeqCst));
+    let mut patch = vec![0u8; (we - ws) as usize];
+    let mut args = ChildArgs {
+        pending: &pending,
+        nthreads: 0,
+        nfds: 0,
+        patch: if patch.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            patch.as_mut_ptr()
+        },
+        patch_len: patch.len(),
+        pid: sys::getpid(),
+        // SAFETY: getppid has no preconditions.
+        ppid: unsafe { libc::getppid() },
+        time_unix: 0.0,
+        attempt: cfg.attempt,
+        err_fd: pipe[1],
+    };
+    let agent_fds = [files_fd, task_fd, fd_dir, pipe[0], pipe[1]];
+    let cleanup = |pending: Pending| {
+        for fd in agent_fds {
+            close(fd);
+        }
+        pending.abort();
+    };
+    if files_fd < 0 || task_fd < 0 || fd_dir < 0 || pipe[0] < 0 {
+        cleanup(pending);
+        return Outcome::Failed("cannot open /proc/self or the generation directory".into());
+    }
+
+    // ---- pause ----
+    let t0 = sys::now_ns();
+    PARKED.store(0, SeqCst);
+    RESUMED.store(0, SeqCst);
+    SLOT.store(0, SeqCst);
+    park::GEN.fetch_add(1, SeqCst);
+    let my_slot = SLOT.fetch_add(1, SeqCst);
+    if let Err(why) = stop_all(task_fd, cfg.park_sig) {
+        release();
+        cleanup(pending);
+        return Outcome::Failed(why.into());
+    }
+    // SAFETY: my_slot is the manager's own slot.
+    unsafe { park::fill_thread(THREADS.slot(my_slot)) };
+    args.nthreads = SLOT.load(SeqCst).min(MAX_THREADS);
+    args.nfds = snapshot_fds(fd_dir, &agent_fds, files_fd, cfg.capture_limit);
+    args.time_unix = sys::unix_time();
+    CHILD_ARGS.store(&mut args, SeqCst);
+    let forked = pause_point(my_slot);
+    let Some((pid, pidfd)) = forked else {
+        // Restored process: the fds above belong to the dead original; forget them.
+        let n = SLOT.load(SeqCst).min(MAX_THREADS);
+        std::mem::forget(pending);
+        std::mem::forget(patch);
+        finish_restore(n);
+        return Outcome::Restored;
+    };
+    release();
+    let pause_ns = sys::now_ns() - t0;
+    // ---- running again ----
+    close(pipe[1]);
+    let result = if pid < 0 {
+        Err(format!("fork of the writer failed: errno {}", sys::errno()))
+    } else {
+        let mut info: libc::siginfo_t =
+            // SAFETY: plain C struct, zero is a valid bit pattern.
+            unsafe { std::mem::zeroed() };
+        // SAFETY: waits on our own child through its pidfd.
+        unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::__WALL,
+            )
+        };
+        close(pidfd);
+        // SAFETY: filled by waitid for an exited child.
+        let status = unsafe { info.si_status() };
+        let mut msg = [0u8; 1024];
+        // SAFETY: reads into our local buffer.
+        let n = unsafe { libc::read(pipe[0], msg.as_mut_ptr() as *mut libc::c_void, msg.len()) };
+        if info.si_code == libc::CLD_EXITED && status == 0 {
+            Ok(())
+        } else if n > 0 {
+            Err(String::from_utf8_lossy(&msg[..n as usize]).into_owned())
+        } else {
+            Err(format!(
+                "the writer died (code {}, status {status})",
+                info.si_code
+            ))
+        }
+    };
+    CHILD_ARGS.store(std::ptr::null_mut(), SeqCst);
+    for fd in [files_fd, task_fd, fd_dir, pipe[0]] {
+        close(fd);
+    }
+    let generation = pending.generation();
+    match result {
+        Ok(()) => {
+            let _ = store.prune(cfg.keep);
+            Outcome::Committed {
+                generation,
+                path: store.gen_dir(generation),
+                pause_ns,
+                total_ns: sys::now_ns() - t0,
+            }
+        }
+        Err(e) => {
+            pending.abort();
+            Outcome::Failed(e)
+        }
+    }
+}

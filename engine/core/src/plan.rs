@@ -1,0 +1,122 @@
+//! The restore plan: a flat, fixed-layout description that stage 1 of `torpor-restore`
+//! (full Rust, validates everything) hands to stage 2 (freestanding, no libc, rebuilds the
+//! address space). This file is also compiled into stage 2, so it uses `core` only.
+//!
+//! ```text
+//! PlanHeader | regions[nregions] | extents[nextents] | threads[nthreads]
+//!            | sigs[nsigs] | fds[nfds] | auxv[auxv_len u64] | strings (NUL-terminated)
+//! ```
+//! Stage 2 maps the plan read-only at [`PLAN_ADDR`].
+
+/// "TPLAN001"
+pub const PLAN_MAGIC: u64 = 0x3130_304e_414c_5054;
+/// Where stage 2 is linked.
+pub const STAGE2_BASE: u64 = 0x3f00_0000_0000;
+/// Where stage 2 maps the plan.
+pub const PLAN_ADDR: u64 = 0x3f40_0000_0000;
+/// Where stage 2 puts the small stacks of the threads it clones.
+pub const STACKS_ADDR: u64 = 0x3f50_0000_0000;
+/// Size of each of those stacks.
+pub const THREAD_STACK: u64 = 64 * 1024;
+/// Parking spot for the vdso/vvar while they move.
+pub const PARK_ADDR: u64 = 0x3f80_0000_0000;
+/// End of the address range the restorer occupies; image regions must not overlap
+/// `[STAGE2_BASE, RESTORER_END)`.
+pub const RESTORER_END: u64 = 0x3f90_0000_0000;
+
+pub const KIND_ANON: u32 = 0;
+pub const KIND_FILE_PRIVATE: u32 = 1;
+pub const KIND_FILE_SHARED: u32 = 2;
+pub const KIND_SHARED_ANON: u32 = 3;
+pub const KIND_STACK: u32 = 4;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanHeader {
+    pub magic: u64,
+    pub total_len: u64,
+    pub nregions: u64,
+    pub nextents: u64,
+    pub nthreads: u64,
+    pub nsigs: u64,
+    pub nfds: u64,
+    pub auxv_len: u64,
+    pub regions_off: u64,
+    pub extents_off: u64,
+    pub threads_off: u64,
+    pub sigs_off: u64,
+    pub fds_off: u64,
+    pub auxv_off: u64,
+    pub strings_off: u64,
+    /// fd of the image file, open in stage 2.
+    pub image_fd: i64,
+    /// fd of the plan itself.
+    pub plan_fd: i64,
+    /// 1: threads get their original tids (we are in a fresh pid namespace).
+    pub same_pids: u64,
+    /// start_code, end_code, start_data, end_data, start_brk, brk, start_stack,
+    /// arg_start, arg_end, env_start, env_end.
+    pub mm: [u64; 11],
+    pub vvar_start: u64,
+    pub vvar_len: u64,
+    pub vdso_start: u64,
+    pub vdso_len: u64,
+    /// Address of the agent's `RestoreInfo` in the restored memory.
+    pub restore_info: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanRegion {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub kind: u32,
+    /// Offset of the file path in the strings area (file kinds), else 0.
+    pub path_off: u64,
+    pub file_offset: u64,
+    pub first_extent: u64,
+    pub nextents: u64,
+}
+
+/// Bytes to read from the image file into memory.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanExtent {
+    pub vaddr: u64,
+    pub len: u64,
+    pub file_off: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanThread {
+    pub tid: i64,
+    pub is_main: u64,
+    pub ctx_addr: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub clear_tid: u64,
+    pub robust_head: u64,
+    pub robust_len: u64,
+    pub rseq_addr: u64,
+    pub rseq_len: u64,
+    pub rseq_sig: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanSig {
+    pub signo: u64,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanFd {
+    pub fd: i64,
+    pub cloexec: u64,
+}
