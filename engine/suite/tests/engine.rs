@@ -1,0 +1,73 @@
+//! The engine suite: every case in four variants (uninterrupted, single,
+//! double, nonroot). Needs `cargo build --release` first for all but the
+//! uninterrupted variant.
+
+use torpor_engine_suite::cases::{self, Case};
+use torpor_engine_suite::scenario::Outcome;
+use torpor_engine_suite::{run_case, Variant};
+
+fn case(name: &'static str) -> Case {
+    if name == "rust_threads" {
+        return Case::reference_exe(name, env!("CARGO_BIN_EXE_rust_threads"), 5);
+    }
+    cases::named(name).unwrap_or_else(|| panic!("unknown case {name}"))
+}
+
+fn check(name: &'static str, variant: Variant) {
+    match run_case(&case(name), variant) {
+        Ok(Outcome::Passed) => {}
+        Ok(Outcome::Skipped(why)) => println!("SKIP {name} {variant:?}: {why}"),
+        Err(e) => panic!("{name} {variant:?} failed: {e:#}"),
+    }
+}
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn uninterrupted() {
+                check(stringify!($name), Variant::Uninterrupted);
+            }
+
+            #[test]
+            fn single() {
+                check(stringify!($name), Variant::Single);
+            }
+
+            #[test]
+            fn double() {
+                check(stringify!($name), Variant::Double);
+            }
+
+            #[test]
+            fn nonroot() {
+                check(stringify!($name), Variant::Nonroot);
+            }
+        }
+    )*};
+}
+
+cases!(
+    mutex_threads,
+    avx2_regs,
+    avx512_regs,
+    signals,
+    altstack,
+    posix_timer,
+    brk,
+    mmap_file,
+    file_offsets,
+    deleted_file,
+    dev_fds,
+    sqlite_delete,
+    sqlite_wal,
+    thread_spawn,
+    eintr_sleep,
+    tls,
+    counter_threads,
+    python_threads,
+    perl_script,
+    rust_threads,
+);
