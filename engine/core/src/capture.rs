@@ -170,6 +170,8 @@ const PM_FILE: u64 = 1 << 61;
 struct PageSink<'a> {
     w: ImageWriter,
     patch: Option<(u64, &'a [u8])>,
+    /// The writer's own stack: it changes while we write, so it is copied first.
+    volatile: (u64, u64),
     run_start: u64,
     run_len: u64,
     buf: Vec<u8>,
@@ -192,9 +194,10 @@ impl PageSink<'_> {
         if self.run_len == 0 {
             return Ok(());
         }
+        let (vs, ve) = self.volatile;
         let patched = self.patch.is_some_and(|(pa, pb)| {
             self.run_start < pa + pb.len() as u64 && pa < self.run_start + self.run_len
-        });
+        }) || (self.run_start < ve && vs < self.run_start + self.run_len);
         if patched {
             self.buf.clear();
             let mut a = self.run_start;
@@ -408,9 +411,16 @@ pub fn write_process_image(
     let name = format!("proc-{}.img", inp.pid);
     let (file, path) = pending.create_file(&name)?;
     let pagemap = File::open("/proc/self/pagemap").map_err(proc_err("/proc/self/pagemap"))?;
+    let here = &maps as *const _ as u64;
+    let volatile = maps
+        .iter()
+        .find(|v| v.start <= here && here < v.end)
+        .map(|v| (v.start, v.end))
+        .unwrap_or((0, 0));
     let mut sink = PageSink {
         w: ImageWriter::new(file, &path)?,
         patch: inp.patch,
+        volatile,
         run_start: 0,
         run_len: 0,
         buf: Vec::new(),

@@ -27,7 +27,7 @@ def worker(k):
         done.put((k, h))
 
 
-threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(4)]
 for t in threads:
     t.start()
 print(f"READY {os.getpid()}", flush=True)

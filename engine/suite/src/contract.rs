@@ -132,8 +132,8 @@ pub const TIMING: Timing = Timing {
     ready: Duration::from_secs(30),
     before_checkpoint: Duration::from_millis(800),
     after_checkpoint: Duration::from_millis(300),
-    checkpoint: Duration::from_secs(60),
-    command: Duration::from_secs(90),
+    checkpoint: Duration::from_secs(30),
+    command: Duration::from_secs(45),
     first_line: Duration::from_secs(30),
-    exit: Duration::from_secs(90),
+    exit: Duration::from_secs(30),
 };

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -321,6 +322,12 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+fn environ_has(pid: u32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|raw| raw.split(|&b| b == 0).any(|e| e == entry.as_bytes()))
+        .unwrap_or(false)
+}
+
 /// A process's argv from /proc/PID/cmdline.
 pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -339,9 +346,15 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
 /// process itself (new pids) or one of its descendants (original pids in a
 /// pid namespace). The program's argv is restored with its memory, so the
 /// deepest process in that tree whose cmdline equals the program's argv is
-/// it; if none matches (cmdline not restored), the deepest leaf is taken, and
+/// it; if none matches (cmdline not restored), the deepest one whose
+/// environment holds `TORPOR_DIR=<images>`, else the deepest leaf, which is
 /// the restore process itself when it has no children.
-pub fn find_restored_program(restore_pid: u32, argv: &[String]) -> Result<(u32, String)> {
+pub fn find_restored_program(
+    restore_pid: u32,
+    argv: &[String],
+    images: &Path,
+) -> Result<(u32, String)> {
+    let marker = format!("TORPOR_DIR={}", images.display());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut tree = descendants(restore_pid);
@@ -356,6 +369,15 @@ pub fn find_restored_program(restore_pid: u32, argv: &[String]) -> Result<(u32, 
             return Ok((p, format!("pid {p}: cmdline matches, depth {d}")));
         }
         if Instant::now() >= deadline {
+            let mut marked: Vec<(u32, usize)> = tree
+                .iter()
+                .copied()
+                .filter(|&(p, _)| environ_has(p, &marker))
+                .collect();
+            marked.sort_by_key(|&(p, d)| (d, p));
+            if let Some(&(p, d)) = marked.last() {
+                return Ok((p, format!("pid {p}: environment has {marker}, depth {d}")));
+            }
             let parents: Vec<u32> = tree.iter().filter_map(|&(p, _)| parent_of(p)).collect();
             let mut leaves: Vec<(u32, usize)> = tree
                 .iter()

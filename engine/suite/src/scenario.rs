@@ -305,14 +305,15 @@ fn checkpointed(
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
 
-    // The reference output, concurrently for unmodified programs.
+    // The reference output, concurrently for unmodified programs (a Proc:
+    // killed on drop if this run fails early).
     let reference = match case.expect {
         Expect::SelfCheck => None,
         Expect::SameAsUninterrupted => {
-            let (argv, dir, runner) = (argv.to_vec(), ws.reference.clone(), runner.clone());
-            Some(thread::spawn(move || {
-                plain_run(&runner, &argv, &dir, "reference run")
-            }))
+            let (prog, args) = argv.split_first().context("empty argv")?;
+            let mut cmd = runner.command(prog, args);
+            cmd.current_dir(&ws.reference).env("HOME", &ws.reference);
+            Some(Proc::spawn(cmd, "reference run")?)
         }
     };
 
@@ -343,7 +344,9 @@ fn checkpointed(
         inspect(case, &contract, runner, ws, &gen1, log)?;
     }
     thread::sleep(TIMING.after_checkpoint);
-    process::kill_pid(pid)?;
+    if let Err(e) = process::kill_pid(pid) {
+        log.say(format!("{e:#}"));
+    }
     let first_run = reap_killed(run, "the program under torpor run", log)?;
     let mut segments = vec![strip_ready(&first_run.stdout)];
 
@@ -356,7 +359,7 @@ fn checkpointed(
         log.say(format!("torpor restore pid {}", restored.pid()));
         restored.wait_line(0, TIMING.first_line, |_| true)?;
         thread::sleep(TIMING.before_checkpoint);
-        let (ppid, how) = process::find_restored_program(restored.pid(), &argv_text)?;
+        let (ppid, how) = process::find_restored_program(restored.pid(), &argv_text, &ws.images)?;
         log.say(format!("restored program: {how}"));
         let gen2 = checkpoint(&contract, runner, ws, ppid, log)?;
         if gen2 == gen1 {
@@ -366,7 +369,9 @@ fn checkpointed(
             );
         }
         thread::sleep(TIMING.after_checkpoint);
-        process::kill_pid(ppid)?;
+        if let Err(e) = process::kill_pid(ppid) {
+            log.say(format!("{e:#}"));
+        }
         let f = reap_killed(restored, "the first restored program", log)?;
         segments.push(f.stdout);
     }
@@ -412,11 +417,8 @@ fn checkpointed(
     }
     let full = match (case.expect, reference) {
         (Expect::SelfCheck, _) => self_check_lines(TIMING.ticks),
-        (Expect::SameAsUninterrupted, Some(h)) => {
-            let f = match h.join() {
-                Ok(r) => r?,
-                Err(_) => bail!("reference thread panicked"),
-            };
+        (Expect::SameAsUninterrupted, Some(r)) => {
+            let f = r.finish(TIMING.exit)?;
             if !f.status.success() {
                 bail!("the uninterrupted reference run failed\n{}", f.describe());
             }

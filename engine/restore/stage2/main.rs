@@ -1,0 +1,623 @@
+//! Restore stage 2: a freestanding program (no libc, raw system calls) linked at a fixed
+//! high address. It maps the plan that stage 1 prepared, throws away its own address
+//! space except itself, moves the vdso to where the image expects it, recreates every
+//! region, restores process-wide kernel state, then clones the threads and jumps each
+//! one back into the checkpoint handler it was parked in.
+//!
+//! Built by `build.rs` with `rustc -C panic=abort` (see docs/design/0003-restorer.md).
+//! Nothing here may allocate; every failure prints a message and exits 127.
+#![no_std]
+#![no_main]
+#![allow(clippy::missing_safety_doc)]
+
+#[path = "../../core/src/plan.rs"]
+#[allow(dead_code)]
+mod plan;
+
+use core::arch::{asm, naked_asm};
+use plan::*;
+
+const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+const MAP_PRIVATE: u64 = 2;
+const MAP_SHARED: u64 = 1;
+const MAP_ANON: u64 = 0x20;
+const MAP_GROWSDOWN: u64 = 0x100;
+const MAP_NORESERVE: u64 = 0x4000;
+const PROT_RW: u64 = 3;
+
+#[repr(C, align(16))]
+struct Stack([u8; 65536]);
+static mut STACK: Stack = Stack([0; 65536]);
+static mut MAPS: [u8; 65536] = [0; 65536];
+
+unsafe extern "C" {
+    static __executable_start: u8;
+    static _end: u8;
+}
+
+#[inline(always)]
+unsafe fn sc(n: u64, a: u64, b: u64, c: u64, d: u64, e: u64, f: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: raw system call; the caller passes valid arguments for syscall `n`.
+    unsafe {
+        asm!("syscall", inlateout("rax") n as i64 => ret, in("rdi") a, in("rsi") b, in("rdx") c,
+             in("r10") d, in("r8") e, in("r9") f, lateout("rcx") _, lateout("r11") _,
+             options(nostack));
+    }
+    ret
+}
+
+mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const OPEN: u64 = 2;
+    pub const CLOSE: u64 = 3;
+    pub const MMAP: u64 = 9;
+    pub const MPROTECT: u64 = 10;
+    pub const MUNMAP: u64 = 11;
+    pub const RT_SIGACTION: u64 = 13;
+    pub const RT_SIGPROCMASK: u64 = 14;
+    pub const PREAD: u64 = 17;
+    pub const MREMAP: u64 = 25;
+    pub const EXIT_GROUP: u64 = 231;
+    pub const FCNTL: u64 = 72;
+    pub const FTRUNCATE: u64 = 77;
+    pub const LSEEK: u64 = 8;
+    pub const PRCTL: u64 = 157;
+    pub const ARCH_PRCTL: u64 = 158;
+    pub const GETTID: u64 = 186;
+    pub const SET_TID_ADDRESS: u64 = 218;
+    pub const SET_ROBUST_LIST: u64 = 273;
+    pub const MEMFD_CREATE: u64 = 319;
+    pub const RSEQ: u64 = 334;
+}
+
+fn write2(s: &[u8]) {
+    // SAFETY: writes a valid buffer to stderr.
+    unsafe { sc(nr::WRITE, 2, s.as_ptr() as u64, s.len() as u64, 0, 0, 0) };
+}
+
+fn hex(mut v: u64, out: &mut [u8; 18]) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b"0123456789abcdef"[(v & 15) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    i -= 1;
+    out[i] = b'x';
+    i -= 1;
+    out[i] = b'0';
+    &out[i..]
+}
+
+fn die(what: &[u8], v: i64) -> ! {
+    let mut b = [0u8; 18];
+    write2(b"torpor-restore: fatal: ");
+    write2(what);
+    write2(b" (");
+    write2(hex(v as u64, &mut b));
+    write2(b")\n");
+    // SAFETY: ends the process.
+    unsafe { sc(nr::EXIT_GROUP, 127, 0, 0, 0, 0, 0) };
+    loop {}
+}
+
+fn check(what: &[u8], r: i64) -> i64 {
+    if r < 0 && r > -4096 {
+        die(what, r);
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees both ranges are valid for n bytes.
+    unsafe { asm!("rep movsb", inout("rcx") n => _, inout("rdi") d => _, inout("rsi") s => _, options(nostack)) };
+    d
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
+    if (d as usize) < (s as usize) {
+        // SAFETY: forward copy is correct when the destination is below the source.
+        unsafe { memcpy(d, s, n) }
+    } else {
+        let mut i = n;
+        while i > 0 {
+            i -= 1;
+            // SAFETY: i < n; ranges valid per caller.
+            unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        }
+        d
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memset(d: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees d is valid for n bytes.
+    unsafe { asm!("rep stosb", inout("rcx") n => _, inout("rdi") d => _, in("al") c as u8, options(nostack)) };
+    d
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: i < n; ranges valid per caller.
+        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        if x != y {
+            return x as i32 - y as i32;
+        }
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: forwarded contract.
+    unsafe { memcmp(a, b, n) }
+}
+
+/// libcore is precompiled with unwinding and references this symbol; with
+/// `panic=abort` nothing ever calls it.
+#[unsafe(no_mangle)]
+pub extern "C" fn rust_eh_personality() {}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    die(b"internal error", 0)
+}
+
+/// Entry point: switch to our static stack and call `rmain(original sp)`.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _start() -> ! {
+    naked_asm!(
+        "mov rdi, rsp",
+        "lea rsp, [rip + {stack} + 65536]",
+        "and rsp, -16",
+        "call {main}",
+        "ud2",
+        stack = sym STACK,
+        main = sym rmain,
+    )
+}
+
+/// Jumps into a saved mini-context: callee-saved registers, rsp, and rip, with eax = 1.
+#[unsafe(naked)]
+unsafe extern "C" fn ctx_restore(ctx: u64) -> ! {
+    naked_asm!(
+        "mov rbx, [rdi]",
+        "mov rbp, [rdi + 8]",
+        "mov r12, [rdi + 16]",
+        "mov r13, [rdi + 24]",
+        "mov r14, [rdi + 32]",
+        "mov r15, [rdi + 40]",
+        "mov rsp, [rdi + 48]",
+        "mov eax, 1",
+        "jmp qword ptr [rdi + 56]",
+    )
+}
+
+/// clone(flags, stack, ptid, ctid, tls) running `f(arg)` on the new stack in the child.
+#[unsafe(naked)]
+unsafe extern "C" fn rclone(flags: u64, stack: u64, ptid: u64, ctid: u64, tls: u64, f: u64, arg: u64) -> i64 {
+    naked_asm!(
+        "mov rax, [rsp + 8]",
+        "sub rsi, 16",
+        "mov [rsi + 8], rax",
+        "mov [rsi], r9",
+        "mov r10, rcx",
+        "mov eax, 56",
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        "pop rax",
+        "pop rdi",
+        "and rsp, -16",
+        "call rax",
+        "ud2",
+        "2: ret",
+    )
+}
+
+/// clone3(args, size) running `f(arg)` in the child (stack given in args).
+#[unsafe(naked)]
+unsafe extern "C" fn rclone3(args: u64, size: u64, f: u64, arg: u64) -> i64 {
+    naked_asm!(
+        "mov r8, rdx",
+        "mov r9, rcx",
+        "mov eax, 435",
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        "mov rdi, r9",
+        "and rsp, -16",
+        "call r8",
+        "ud2",
+        "2: ret",
+    )
+}
+
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+#[repr(C)]
+struct MmMap {
+    v: [u64; 11],
+    auxv: u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+
+static mut HDR: *const PlanHeader = core::ptr::null();
+
+fn hdr() -> &'static PlanHeader {
+    // SAFETY: set once in rmain before any use; points into the read-only plan mapping.
+    unsafe { &*HDR }
+}
+
+fn table<T>(off: u64, n: u64) -> &'static [T] {
+    // SAFETY: stage 1 wrote `n` records of T at `off` inside the plan mapping.
+    unsafe { core::slice::from_raw_parts((PLAN_ADDR + off) as *const T, n as usize) }
+}
+
+fn cstr_at(off: u64) -> u64 {
+    PLAN_ADDR + hdr().strings_off + off
+}
+
+fn parse_num(mut p: *const u8) -> u64 {
+    let mut v = 0u64;
+    // SAFETY: argv strings are NUL-terminated.
+    unsafe {
+        while *p >= b'0' && *p <= b'9' {
+            v = v * 10 + (*p - b'0') as u64;
+            p = p.add(1);
+        }
+    }
+    v
+}
+
+fn parse_hex(s: &[u8], i: &mut usize) -> u64 {
+    let mut v = 0u64;
+    while *i < s.len() {
+        let c = s[*i];
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => break,
+        };
+        v = v * 16 + d as u64;
+        *i += 1;
+    }
+    v
+}
+
+struct Special {
+    vvar: (u64, u64),
+    vclock: (u64, u64),
+    vdso: (u64, u64),
+}
+
+/// Unmaps everything except ourselves, the plan and the kernel's special mappings.
+fn clear_address_space(keep: [(u64, u64); 2]) -> Special {
+    // SAFETY: reads /proc/self/maps into our static buffer (single thread).
+    let buf = unsafe { &mut *core::ptr::addr_of_mut!(MAPS) };
+    let fd = check(b"open /proc/self/maps", unsafe {
+        sc(nr::OPEN, c"/proc/self/maps".as_ptr() as u64, 0, 0, 0, 0, 0)
+    });
+    let mut n = 0usize;
+    loop {
+        // SAFETY: reads into the rest of the buffer.
+        let r = unsafe { sc(nr::READ, fd as u64, buf.as_mut_ptr() as u64 + n as u64, (buf.len() - n - 1) as u64, 0, 0, 0) };
+        if r <= 0 {
+            break;
+        }
+        n += r as usize;
+    }
+    // SAFETY: closes our fd.
+    unsafe { sc(nr::CLOSE, fd as u64, 0, 0, 0, 0, 0) };
+    let s = &buf[..n];
+    let mut sp = Special { vvar: (0, 0), vclock: (0, 0), vdso: (0, 0) };
+    let mut unmap: [(u64, u64); 64] = [(0, 0); 64];
+    let mut nu = 0;
+    let mut i = 0;
+    while i < s.len() {
+        let start = parse_hex(s, &mut i);
+        i += 1;
+        let end = parse_hex(s, &mut i);
+        let ls = i;
+        while i < s.len() && s[i] != b'\n' {
+            i += 1;
+        }
+        let line = &s[ls..i];
+        i += 1;
+        let ends = |t: &[u8]| line.len() >= t.len() && &line[line.len() - t.len()..] == t;
+        if ends(b"[vvar]") {
+            sp.vvar = (start, end);
+        } else if ends(b"[vvar_vclock]") {
+            sp.vclock = (start, end);
+        } else if ends(b"[vdso]") {
+            sp.vdso = (start, end);
+        } else if ends(b"[vsyscall]") || keep.iter().any(|&(l, h)| start >= l && end <= h) {
+        } else if nu < unmap.len() {
+            unmap[nu] = (start, end);
+            nu += 1;
+        }
+    }
+    for &(a, b) in &unmap[..nu] {
+        // SAFETY: unmapping memory we no longer use (we run on the static stack).
+        unsafe { sc(nr::MUNMAP, a, b - a, 0, 0, 0, 0) };
+    }
+    sp
+}
+
+fn mremap_to(from: u64, len: u64, to: u64) {
+    if from == to || len == 0 {
+        return;
+    }
+    // SAFETY: moves a special mapping to an address free of other mappings.
+    let r = unsafe { sc(nr::MREMAP, from, len, len, 3 /* MAYMOVE|FIXED */, to, 0) };
+    if r as u64 != to {
+        die(b"mremap of vdso/vvar", r);
+    }
+}
+
+fn move_vdso(sp: &Special) {
+    let h = hdr();
+    if h.vdso_len == 0 {
+        return;
+    }
+    let parts = [sp.vvar, sp.vclock, sp.vdso];
+    let base = parts.iter().filter(|p| p.1 > p.0).map(|p| p.0).min().unwrap_or(0);
+    // Park everything first so that no move overlaps a mapping still in the way.
+    for &(a, b) in &parts {
+        if b > a {
+            mremap_to(a, b - a, PARK_ADDR + (a - base));
+        }
+    }
+    for &(a, b) in &parts {
+        if b <= a {
+            continue;
+        }
+        let to = if (a, b) == sp.vdso {
+            h.vdso_start
+        } else {
+            h.vvar_start + (a - sp.vvar.0)
+        };
+        mremap_to(PARK_ADDR + (a - base), b - a, to);
+    }
+}
+
+fn read_extents(r: &PlanRegion) {
+    let h = hdr();
+    let ext: &[PlanExtent] = table(h.extents_off, h.nextents);
+    for e in &ext[r.first_extent as usize..(r.first_extent + r.nextents) as usize] {
+        let mut done = 0u64;
+        while done < e.len {
+            // SAFETY: the destination lies inside region r, mapped writable above.
+            let n = unsafe { sc(nr::PREAD, h.image_fd as u64, e.vaddr + done, e.len - done, e.file_off + done, 0, 0) };
+            if n <= 0 {
+                die(b"reading the image", n);
+            }
+            done += n as u64;
+        }
+    }
+}
+
+fn map_regions() {
+    let h = hdr();
+    let regs: &[PlanRegion] = table(h.regions_off, h.nregions);
+    for r in regs {
+        let len = r.end - r.start;
+        let fill = r.nextents > 0;
+        let prot = if fill { r.prot as u64 | PROT_RW } else { r.prot as u64 };
+        // SAFETY: every mmap below targets the region's own range, now unmapped; files
+        // are opened by the paths stage 1 verified.
+        let got = unsafe {
+            match r.kind {
+                KIND_FILE_PRIVATE | KIND_FILE_SHARED => {
+                    let shared = r.kind == KIND_FILE_SHARED;
+                    let mode = if shared && r.prot & 2 != 0 { 2 } else { 0 };
+                    let fd = sc(nr::OPEN, cstr_at(r.path_off), mode | 0o2000000, 0, 0, 0, 0);
+                    if fd < 0 {
+                        write2(b"torpor-restore: cannot open mapped file\n");
+                        die(b"open", fd);
+                    }
+                    let fl = if shared { MAP_SHARED } else { MAP_PRIVATE };
+                    let got = sc(nr::MMAP, r.start, len, prot, fl | MAP_FIXED_NOREPLACE, fd as u64, r.file_offset);
+                    sc(nr::CLOSE, fd as u64, 0, 0, 0, 0, 0);
+                    got
+                }
+                KIND_SHARED_ANON => {
+                    let fd = check(b"memfd_create", sc(nr::MEMFD_CREATE, c"torpor-shm".as_ptr() as u64, 1, 0, 0, 0, 0));
+                    check(b"ftruncate", sc(nr::FTRUNCATE, fd as u64, len, 0, 0, 0, 0));
+                    let got = sc(nr::MMAP, r.start, len, prot, MAP_SHARED | MAP_FIXED_NOREPLACE, fd as u64, 0);
+                    sc(nr::CLOSE, fd as u64, 0, 0, 0, 0, 0);
+                    got
+                }
+                KIND_STACK => sc(nr::MMAP, r.start, len, prot, MAP_PRIVATE | MAP_ANON | MAP_GROWSDOWN | MAP_FIXED_NOREPLACE, u64::MAX, 0),
+                _ => {
+                    let nores = if r.prot == 0 { MAP_NORESERVE } else { 0 };
+                    sc(nr::MMAP, r.start, len, prot, MAP_PRIVATE | MAP_ANON | nores | MAP_FIXED_NOREPLACE, u64::MAX, 0)
+                }
+            }
+        };
+        if got as u64 != r.start {
+            die(b"mapping a region", got);
+        }
+        if fill {
+            read_extents(r);
+            if prot != r.prot as u64 {
+                // SAFETY: final protection of our own mapping.
+                check(b"mprotect", unsafe { sc(nr::MPROTECT, r.start, len, r.prot as u64, 0, 0, 0) });
+            }
+        }
+    }
+}
+
+fn thread_common(t: &PlanThread) {
+    // SAFETY: re-registers kernel per-thread state at addresses inside restored memory.
+    unsafe {
+        if t.robust_head != 0 {
+            sc(nr::SET_ROBUST_LIST, t.robust_head, t.robust_len, 0, 0, 0, 0);
+        }
+        if t.rseq_addr != 0 {
+            check(b"rseq registration", sc(nr::RSEQ, t.rseq_addr, t.rseq_len, 0, t.rseq_sig, 0, 0));
+        }
+        if t.gs_base != 0 {
+            sc(nr::ARCH_PRCTL, 0x1001, t.gs_base, 0, 0, 0, 0);
+        }
+    }
+}
+
+extern "C" fn thread_entry(i: u64) -> ! {
+    let h = hdr();
+    let ts: &[PlanThread] = table(h.threads_off, h.nthreads);
+    let t = &ts[i as usize];
+    thread_common(t);
+    // SAFETY: jumps into the thread's saved context inside restored memory.
+    unsafe { ctx_restore(t.ctx_addr) }
+}
+
+unsafe extern "C" fn rmain(sp: *const u64) -> ! {
+    // SAFETY: the kernel's initial stack: argc, argv[], NULL, envp...
+    let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
+    if argc < 2 {
+        die(b"usage: stage2 PLAN_FD", argc as i64);
+    }
+    // SAFETY: argv[1] exists (argc >= 2).
+    let plan_fd = parse_num(unsafe { *argv.add(1) });
+    let all: u64 = !0;
+    // SAFETY: blocks every signal; threads inherit this and sigreturn restores their own.
+    unsafe { sc(nr::RT_SIGPROCMASK, 0, &all as *const u64 as u64, 0, 8, 0, 0) };
+    // SAFETY: sizes the plan file, then maps it read-only at its fixed address.
+    let plan_len = check(b"plan size", unsafe { sc(nr::LSEEK, plan_fd, 0, 2, 0, 0, 0) }) as u64;
+    let got = unsafe { sc(nr::MMAP, PLAN_ADDR, plan_len, 1, MAP_PRIVATE | MAP_FIXED_NOREPLACE, plan_fd, 0) };
+    if got as u64 != PLAN_ADDR {
+        die(b"mapping the plan", got);
+    }
+    // SAFETY: the plan starts with its header.
+    unsafe { HDR = PLAN_ADDR as *const PlanHeader };
+    let h = hdr();
+    if h.magic != PLAN_MAGIC {
+        die(b"bad plan", 0);
+    }
+    // Linker-provided symbols bounding this program.
+    let (lo, hi) = (
+        core::ptr::addr_of!(__executable_start) as u64 & !4095,
+        (core::ptr::addr_of!(_end) as u64 + 4095) & !4095,
+    );
+    let plan_end = (PLAN_ADDR + plan_len + 4095) & !4095;
+    let sp_special = clear_address_space([(lo, hi), (PLAN_ADDR, plan_end)]);
+    move_vdso(&sp_special);
+    map_regions();
+    // Memory descriptor fields: brk, stack, argument and environment areas.
+    let mm = MmMap { v: h.mm, auxv: 0, auxv_size: 0, exe_fd: u32::MAX };
+    // SAFETY: PR_SET_MM(35), PR_SET_MM_MAP(14) with a valid struct.
+    check(b"prctl(PR_SET_MM_MAP)", unsafe { sc(nr::PRCTL, 35, 14, &mm as *const MmMap as u64, core::mem::size_of::<MmMap>() as u64, 0, 0) });
+    let sigs: &[PlanSig] = table(h.sigs_off, h.nsigs);
+    for s in sigs {
+        let act = [s.handler, s.flags, s.restorer, s.mask];
+        // SAFETY: kernel sigaction layout; handlers live in restored memory.
+        unsafe { sc(nr::RT_SIGACTION, s.signo, act.as_ptr() as u64, 0, 8, 0, 0) };
+    }
+    let nthreads = h.nthreads;
+    let stacks_len = nthreads.max(1) * THREAD_STACK;
+    // SAFETY: fresh anonymous memory for the clone stacks in the restorer's range.
+    let got = unsafe { sc(nr::MMAP, STACKS_ADDR, stacks_len, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED_NOREPLACE, u64::MAX, 0) };
+    if got as u64 != STACKS_ADDR {
+        die(b"mapping thread stacks", got);
+    }
+    if h.restore_info != 0 {
+        // SAFETY: the agent's RestoreInfo lies in restored, writable memory.
+        unsafe {
+            let ri = h.restore_info as *mut u64;
+            *ri.add(1) = lo;
+            *ri.add(2) = hi;
+            *ri.add(3) = PLAN_ADDR;
+            *ri.add(4) = plan_end;
+            *ri.add(5) = STACKS_ADDR;
+            *ri.add(6) = STACKS_ADDR + stacks_len;
+            *ri.add(9) = h.same_pids;
+            *ri = 1;
+        }
+    }
+    let fds: &[PlanFd] = table(h.fds_off, h.nfds);
+    for f in fds {
+        if f.cloexec != 0 {
+            // SAFETY: F_SETFD on an fd stage 1 placed.
+            unsafe { sc(nr::FCNTL, f.fd as u64, 2, 1, 0, 0, 0) };
+        }
+    }
+    // SAFETY: our own fds, no longer needed (the plan stays mapped).
+    unsafe {
+        sc(nr::CLOSE, h.image_fd as u64, 0, 0, 0, 0, 0);
+        sc(nr::CLOSE, plan_fd, 0, 0, 0, 0, 0);
+    }
+    let ts: &[PlanThread] = table(h.threads_off, h.nthreads);
+    let flags: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x80000 | 0x100000 | 0x200000;
+    // CLONE_VM|FS|FILES|SIGHAND|THREAD|SYSVSEM|SETTLS|PARENT_SETTID|CHILD_CLEARTID
+    let mut main_idx = usize::MAX;
+    for (i, t) in ts.iter().enumerate() {
+        if t.is_main != 0 {
+            main_idx = i;
+            continue;
+        }
+        let stack = STACKS_ADDR + i as u64 * THREAD_STACK;
+        // SAFETY: clones a thread into restored memory with its own small stack.
+        let r = unsafe {
+            if h.same_pids != 0 {
+                let want: i32 = t.tid as i32;
+                let ca = CloneArgs {
+                    flags,
+                    pidfd: 0,
+                    child_tid: t.clear_tid,
+                    parent_tid: t.clear_tid,
+                    exit_signal: 0,
+                    stack,
+                    stack_size: THREAD_STACK,
+                    tls: t.fs_base,
+                    set_tid: &want as *const i32 as u64,
+                    set_tid_size: 1,
+                    cgroup: 0,
+                };
+                rclone3(&ca as *const CloneArgs as u64, core::mem::size_of::<CloneArgs>() as u64, thread_entry as *const () as u64, i as u64)
+            } else {
+                rclone(flags, stack + THREAD_STACK, t.clear_tid, t.clear_tid, t.fs_base, thread_entry as *const () as u64, i as u64)
+            }
+        };
+        check(b"cloning a thread", r);
+    }
+    if main_idx == usize::MAX {
+        die(b"no main thread", 0);
+    }
+    let t = &ts[main_idx];
+    // SAFETY: the leader takes over the main thread's identity and jumps into it.
+    unsafe {
+        let tid = sc(nr::GETTID, 0, 0, 0, 0, 0, 0);
+        if t.clear_tid != 0 {
+            *(t.clear_tid as *mut i32) = tid as i32;
+            sc(nr::SET_TID_ADDRESS, t.clear_tid, 0, 0, 0, 0, 0);
+        }
+        check(b"arch_prctl(SET_FS)", sc(nr::ARCH_PRCTL, 0x1002, t.fs_base, 0, 0, 0, 0));
+    }
+    thread_common(t);
+    // SAFETY: jumps into the main thread's saved context.
+    unsafe { ctx_restore(t.ctx_addr) }
+}
