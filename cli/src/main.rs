@@ -1,2 +1,5 @@
-//! torpor: the command-line tool.
-fn main() {}
+//! `torpor`: the command-line tool (thin wrapper over the `torpor_cli` library).
+
+fn main() {
+    std::process::exit(torpor_cli::main());
+}
