@@ -256,7 +256,12 @@ fn inspect(
                 && e.get("kind").is_some()
         });
         if !found {
-            bail!("inspect lists no fd {fd} with a path containing {path:?}: {fds:?}");
+            let which = if fd < 0 {
+                "any fd".to_string()
+            } else {
+                format!("fd {fd}")
+            };
+            bail!("inspect lists no {which} with a path containing {path:?}: {fds:?}");
         }
     }
     log.say(format!(
