@@ -23,6 +23,7 @@ const PROGS: &[&str] = &[
     "eintr_sleep",
     "tls",
     "counter_threads",
+    "fdclean",
 ];
 
 fn main() {

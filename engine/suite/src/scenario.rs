@@ -82,11 +82,21 @@ pub fn run_case(case: &Case, variant: Variant) -> Result<Outcome> {
 }
 
 /// Runs the program plainly to its end in `dir`.
-fn plain_run(runner: &RunAs, argv: &[OsString], dir: &Path, label: &str) -> Result<Finished> {
-    let (prog, args) = argv.split_first().context("empty argv")?;
-    let mut cmd = runner.command(prog, args);
+fn plain_run(
+    runner: &RunAs,
+    ws: &Workspace,
+    argv: &[OsString],
+    dir: &Path,
+    label: &str,
+) -> Result<Finished> {
+    process::run(plain_command(runner, ws, argv, dir), label, TIMING.exit)
+}
+
+/// The program itself as `runner`, through fdclean, in `dir`.
+fn plain_command(runner: &RunAs, ws: &Workspace, argv: &[OsString], dir: &Path) -> Command {
+    let mut cmd = runner.command(ws.bin.join("fdclean"), argv);
     cmd.current_dir(dir).env("HOME", dir);
-    process::run(cmd, label, TIMING.exit)
+    cmd
 }
 
 fn skipped(out: &[String]) -> Option<String> {
@@ -96,10 +106,11 @@ fn skipped(out: &[String]) -> Option<String> {
 }
 
 fn uninterrupted(case: &Case, ws: &Workspace, argv: &[OsString], log: &Log) -> Result<Outcome> {
+    ws.install_fdclean()?;
     log.say(format!("plain run of {argv:?}"));
     match case.expect {
         Expect::SelfCheck => {
-            let f = plain_run(&RunAs::Me, argv, &ws.work, "plain run")?;
+            let f = plain_run(&RunAs::Me, ws, argv, &ws.work, "plain run")?;
             if let Some(why) = skipped(&f.stdout) {
                 return Ok(Outcome::Skipped(why));
             }
@@ -113,8 +124,9 @@ fn uninterrupted(case: &Case, ws: &Workspace, argv: &[OsString], log: &Log) -> R
         Expect::SameAsUninterrupted => {
             // Two concurrent runs must agree: the output is deterministic.
             let (a, b) = thread::scope(|s| {
-                let other = s.spawn(|| plain_run(&RunAs::Me, argv, &ws.reference, "plain run 2"));
-                let a = plain_run(&RunAs::Me, argv, &ws.work, "plain run 1");
+                let other =
+                    s.spawn(|| plain_run(&RunAs::Me, ws, argv, &ws.reference, "plain run 2"));
+                let a = plain_run(&RunAs::Me, ws, argv, &ws.work, "plain run 1");
                 (a, other.join())
             });
             let a = a?;
@@ -139,8 +151,11 @@ fn uninterrupted(case: &Case, ws: &Workspace, argv: &[OsString], log: &Log) -> R
     Ok(Outcome::Passed)
 }
 
+/// `torpor ARGS` as `runner`, through fdclean (only stdio inherited).
 fn torpor(contract: &Contract, runner: &RunAs, args: Vec<OsString>, ws: &Workspace) -> Command {
-    let mut c = runner.command(&contract.torpor, &args);
+    let mut all: Vec<OsString> = vec![contract.torpor.clone().into()];
+    all.extend(args);
+    let mut c = runner.command(ws.bin.join("fdclean"), &all);
     c.current_dir(&ws.work).env("HOME", &ws.root);
     c
 }
@@ -298,6 +313,7 @@ fn checkpointed(
     log: &Log,
 ) -> Result<Outcome> {
     let contract = ws.engine_for(&Contract::locate()?, runner)?;
+    ws.install_fdclean()?;
     if case.needs_original_pids && !runner.userns_available() {
         return Ok(Outcome::Skipped(format!(
             "needs original pids, and {} cannot create user+pid namespaces here",
@@ -314,12 +330,10 @@ fn checkpointed(
     // killed on drop if this run fails early).
     let reference = match case.expect {
         Expect::SelfCheck => None,
-        Expect::SameAsUninterrupted => {
-            let (prog, args) = argv.split_first().context("empty argv")?;
-            let mut cmd = runner.command(prog, args);
-            cmd.current_dir(&ws.reference).env("HOME", &ws.reference);
-            Some(Proc::spawn(cmd, "reference run")?)
-        }
+        Expect::SameAsUninterrupted => Some(Proc::spawn(
+            plain_command(runner, ws, argv, &ws.reference),
+            "reference run",
+        )?),
     };
 
     // 1. run under torpor, checkpoint mid-run, SIGKILL.

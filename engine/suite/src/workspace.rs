@@ -109,6 +109,14 @@ impl Workspace {
         Ok(argv)
     }
 
+    /// Copies the fd-closing exec helper into bin/ and returns its path.
+    pub fn install_fdclean(&self) -> Result<PathBuf> {
+        self.copy_in(
+            &Path::new(env!("TORPOR_SUITE_PROGS_DIR")).join("fdclean"),
+            0o755,
+        )
+    }
+
     /// The engine binaries as `runner` can reach them: in place when it can
     /// execute them, else copied into engine/ here (`torpor` is expected to
     /// find the agent and the restorer next to itself).
