@@ -17,6 +17,7 @@ const PROGS: &[&str] = &[
     "brk",
     "mmap_file",
     "file_offsets",
+    "dup_fds",
     "deleted_file",
     "dev_fds",
     "thread_spawn",

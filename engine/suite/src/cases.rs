@@ -101,9 +101,12 @@ pub fn named(name: &str) -> Option<Case> {
                 (21, "log.txt"),
                 (22, "rw.dat"),
                 (23, "ro.txt"),
-                (24, "rw.dat"),
             ],
             ..Case::native("file_offsets", 1)
+        },
+        "dup_fds" => Case {
+            fds: &[(50, "shared.dat"), (51, "shared.dat"), (52, "shared.dat")],
+            ..Case::native("dup_fds", 1)
         },
         "deleted_file" => Case {
             fds: &[(30, "gone.dat"), (31, "gone-ro.dat")],

@@ -59,6 +59,7 @@ cases!(
     brk,
     mmap_file,
     file_offsets,
+    dup_fds,
     deleted_file,
     dev_fds,
     sqlite_delete,
