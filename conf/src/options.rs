@@ -2,6 +2,7 @@
 //!
 //! Every error message names the option and the value as the user typed them, on one line.
 
+use std::ffi::CStr;
 use std::path::Path;
 
 use crate::interval::{Interval, IntervalError};
@@ -9,30 +10,45 @@ use crate::plugstack::PlugstackConfig;
 use crate::template::{DirTemplate, TemplateError};
 
 /// One user-facing option, registered with Slurm from this table.
+///
+/// The strings are C strings because the SPANK plugin hands them to Slurm as they are
+/// (its static `spank_options` table); [`OptionDef::name`] & co. give them as `&str`.
 #[derive(Debug)]
 pub struct OptionDef {
     /// Long option name without the leading `--`.
-    pub name: &'static str,
+    pub name_c: &'static CStr,
     /// Shown by `--help` as `--name=<arg>`.
-    pub arg: &'static str,
+    pub arg_c: &'static CStr,
     /// Help text; starts with `[torpor]`.
-    pub usage: &'static str,
+    pub usage_c: &'static CStr,
+}
+
+impl OptionDef {
+    pub fn name(&self) -> &'static str {
+        self.name_c.to_str().unwrap_or_default()
+    }
+    pub fn arg(&self) -> &'static str {
+        self.arg_c.to_str().unwrap_or_default()
+    }
+    pub fn usage(&self) -> &'static str {
+        self.usage_c.to_str().unwrap_or_default()
+    }
 }
 
 /// `--checkpoint=<interval>`.
 pub const CHECKPOINT: OptionDef = OptionDef {
-    name: "checkpoint",
-    arg: "interval",
-    usage: "[torpor] checkpoint every program of the job every <interval> and resume it \
+    name_c: c"checkpoint",
+    arg_c: c"interval",
+    usage_c: c"[torpor] checkpoint every program of the job every <interval> and resume it \
             after requeue, preemption or node failure (30s, 10m, 2h, 1d, MM, MM:SS, HH:MM:SS, \
             D-HH, D-HH:MM, D-HH:MM:SS)",
 };
 
 /// `--checkpoint-dir=<path>`.
 pub const CHECKPOINT_DIR: OptionDef = OptionDef {
-    name: "checkpoint-dir",
-    arg: "path",
-    usage: "[torpor] existing absolute directory for checkpoint images, on storage every node \
+    name_c: c"checkpoint-dir",
+    arg_c: c"path",
+    usage_c: c"[torpor] existing absolute directory for checkpoint images, on storage every node \
             sees (%u = user, %j = job id); default set by the site",
 };
 
@@ -90,27 +106,11 @@ impl UserOptions {
         dir: Option<&str>,
         site: &PlugstackConfig,
     ) -> Result<Option<Self>, OptionError> {
-        let user_dir = dir
-            .map(|d| {
-                DirTemplate::parse(d).map_err(|source| OptionError::Dir {
-                    value: d.to_owned(),
-                    source,
-                })
-            })
-            .transpose()?;
+        let user_dir = dir.map(Self::check_dir).transpose()?;
         let Some(value) = checkpoint else {
             return Ok(None);
         };
-        let interval = Interval::parse(value).map_err(|source| OptionError::Interval {
-            value: value.to_owned(),
-            source,
-        })?;
-        if interval < site.min_interval {
-            return Err(OptionError::BelowMinimum {
-                value: value.to_owned(),
-                min: site.min_interval,
-            });
-        }
+        let interval = Self::check_interval(value, site)?;
         let (dir, user_dir) = match (user_dir, &site.dir) {
             (Some(d), _) => (d, true),
             (None, Some(d)) => (d.clone(), false),
@@ -125,6 +125,30 @@ impl UserOptions {
             dir,
             user_dir,
         }))
+    }
+
+    /// Checks a `--checkpoint` value on its own (syntax and site minimum), as soon as Slurm
+    /// hands it over: this is what catches a bare `--checkpoint` swallowing the next argument.
+    pub fn check_interval(value: &str, site: &PlugstackConfig) -> Result<Interval, OptionError> {
+        let interval = Interval::parse(value).map_err(|source| OptionError::Interval {
+            value: value.to_owned(),
+            source,
+        })?;
+        if interval < site.min_interval {
+            return Err(OptionError::BelowMinimum {
+                value: value.to_owned(),
+                min: site.min_interval,
+            });
+        }
+        Ok(interval)
+    }
+
+    /// Checks a `--checkpoint-dir` value on its own (absolute, known expansions).
+    pub fn check_dir(value: &str) -> Result<DirTemplate, OptionError> {
+        DirTemplate::parse(value).map_err(|source| OptionError::Dir {
+            value: value.to_owned(),
+            source,
+        })
     }
 
     /// Submit-side check, run as the submitting user: a `--checkpoint-dir` must already exist
@@ -167,7 +191,8 @@ mod tests {
     #[test]
     fn help_texts_are_prefixed() {
         for o in OPTIONS {
-            assert!(o.usage.starts_with("[torpor] "), "{}", o.name);
+            assert!(o.usage().starts_with("[torpor] "), "{}", o.name());
+            assert!(!o.name().is_empty() && !o.arg().is_empty());
         }
     }
 

@@ -1,17 +1,19 @@
-//! The torpor SPANK plugin: registers `--checkpoint`/`--checkpoint-dir` and dispatches each callback by Slurm context.
+//! The torpor SPANK plugin: `--checkpoint`/`--checkpoint-dir`, and a dispatcher on the Slurm context.
 //!
 //! | context | file | job |
 //! |---|---|---|
-//! | sbatch / salloc / srun (user) | [`submit`] | refuse bad values before anything is submitted |
+//! | sbatch / salloc / srun (user) | [`options`], [`submit`] | refuse bad values before anything is submitted |
 //! | slurmstepd (root, then user) | [`stepd`] | task environment: `LD_PRELOAD` + `TORPOR_*` |
 //! | everything else | - | nothing |
 //!
-//! The unsafe glue Slurm needs (exported symbols, the `Plugin` impl) lives in [`ffi`]; the
-//! rules (intervals, keys, messages) live in `torpor-conf`. No callback panics into Slurm: the
-//! `slurm-spank` crate wraps every callback in `catch_unwind`, and we return errors instead.
+//! The unsafe glue Slurm needs (exported symbols, the option table, the `Plugin` impl) lives in
+//! [`ffi`]; the rules (intervals, keys, messages) live in `torpor-conf`. No panic reaches Slurm:
+//! `slurm-spank` wraps every callback in `catch_unwind` and so does our option callback.
 #![deny(unsafe_code)]
 
 mod ffi;
+mod options;
+mod state;
 mod stepd;
 mod submit;
 
@@ -22,32 +24,35 @@ use torpor_conf::{PlugstackConfig, PlugstackError, OPTIONS};
 
 type CbResult = Result<(), Box<dyn Error>>;
 
-/// Plugin state for one Slurm process (sbatch, srun, or one slurmstepd).
+/// Per-process plugin state owned by the `slurm-spank` crate (one per sbatch, srun or slurmstepd).
 #[derive(Default)]
 pub struct Torpor {
-    /// plugstack.conf arguments, parsed in `init`; an error disables the plugin.
-    config: Option<Result<PlugstackConfig, PlugstackError>>,
     /// Step-wide environment computed in `user_init` (slurmstepd only), applied per task.
     step: Option<stepd::StepEnv>,
 }
 
 impl Torpor {
-    /// `slurm_spank_init`: register the options and read plugstack.conf arguments.
+    /// `slurm_spank_init`: read plugstack.conf arguments. srun and slurmstepd take the options
+    /// from the static `spank_options` table; sbatch/salloc ignore that table, so there they
+    /// are registered here (and checked in `init_post_opt`).
     fn init(&mut self, spank: &mut SpankHandle) -> CbResult {
         let ctx = spank.context()?;
-        if matches!(ctx, Context::Local | Context::Remote | Context::Allocator) {
+        if ctx == Context::Allocator {
             for o in OPTIONS {
-                spank
-                    .register_option(SpankOption::new(o.name).takes_value(o.arg).usage(o.usage))?;
+                spank.register_option(
+                    SpankOption::new(o.name())
+                        .takes_value(o.arg())
+                        .usage(o.usage()),
+                )?;
             }
         }
-        let config = match spank.plugin_argv() {
+        let site = match spank.plugin_argv() {
             Ok(args) => PlugstackConfig::parse(&args),
             Err(_) => Err(PlugstackError::NotKeyValue {
                 arg: "<argument that is not valid UTF-8>".to_owned(),
             }),
         };
-        if let Err(e) = &config {
+        if let Err(e) = &site {
             // Admin-facing: slurmd's log. Users only hear about it if they ask for --checkpoint.
             if matches!(ctx, Context::Remote | Context::Slurmd) {
                 slurm_spank::spank_log_error!(
@@ -55,14 +60,15 @@ impl Torpor {
                 );
             }
         }
-        self.config = Some(config);
+        state::with(|s| s.site = Some(site));
         Ok(())
     }
 
-    /// `slurm_spank_init_post_opt`: options are known; validate them on the submit side.
+    /// `slurm_spank_init_post_opt`: all options are known; finish validation on the submit side.
     fn init_post_opt(&mut self, spank: &mut SpankHandle) -> CbResult {
         match spank.context()? {
-            Context::Allocator | Context::Local => submit::validate(self, spank),
+            Context::Allocator => submit::validate_allocator(spank),
+            Context::Local => submit::validate(),
             _ => Ok(()),
         }
     }
@@ -73,10 +79,5 @@ impl Torpor {
 
     fn task_init(&mut self, spank: &mut SpankHandle) -> CbResult {
         stepd::task_init(self, spank)
-    }
-
-    /// The parsed site configuration, or `None` when plugstack.conf was refused.
-    fn site(&self) -> Option<&PlugstackConfig> {
-        self.config.as_ref().and_then(|c| c.as_ref().ok())
     }
 }

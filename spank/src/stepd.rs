@@ -13,7 +13,7 @@ use torpor_conf::env;
 use torpor_conf::options::{CHECKPOINT, CHECKPOINT_DIR};
 use torpor_conf::UserOptions;
 
-use crate::{CbResult, Torpor};
+use crate::{state, CbResult, Torpor};
 
 /// What every task of a checkpointed step receives.
 #[derive(Debug)]
@@ -25,9 +25,9 @@ pub(crate) struct StepEnv {
 
 /// The option's value: from the option callback, else from the `SLURM_SPANK_*` variable Slurm
 /// hands over when the callback does not run (`sbatch --export=NONE`).
-fn option_value(spank: &SpankHandle, name: &str) -> Option<String> {
-    if let Some(v) = spank.get_option_value_lossy(name) {
-        return Some(v.into_owned());
+fn option_value(spank: &SpankHandle, from_callback: Option<String>, name: &str) -> Option<String> {
+    if from_callback.is_some() {
+        return from_callback;
     }
     if let Ok(Some(v)) = spank.getenv_lossy(env::spank_option_env(name)) {
         return Some(v);
@@ -40,13 +40,20 @@ fn option_value(spank: &SpankHandle, name: &str) -> Option<String> {
 
 pub(crate) fn user_init(plugin: &mut Torpor, spank: &mut SpankHandle) -> CbResult {
     plugin.step = None;
-    let Some(site) = plugin.site() else {
+    let (site, checkpoint, dir) = state::with(|s| {
+        (
+            s.site.as_ref().and_then(|r| r.as_ref().ok()).cloned(),
+            s.checkpoint.clone(),
+            s.dir.clone(),
+        )
+    });
+    let Some(site) = site else {
         return Ok(()); // refused plugstack.conf: logged in init, job untouched
     };
-    let checkpoint = option_value(spank, CHECKPOINT.name);
-    let dir = option_value(spank, CHECKPOINT_DIR.name);
+    let checkpoint = option_value(spank, checkpoint, CHECKPOINT.name());
+    let dir = option_value(spank, dir, CHECKPOINT_DIR.name());
     let job = spank.job_id()?;
-    let opts = match UserOptions::resolve(checkpoint.as_deref(), dir.as_deref(), site) {
+    let opts = match UserOptions::resolve(checkpoint.as_deref(), dir.as_deref(), &site) {
         Ok(Some(o)) => o,
         Ok(None) => return Ok(()),
         Err(e) => {

@@ -1,41 +1,42 @@
-//! sbatch / salloc / srun side (user context): refuse bad option values before anything is submitted.
+//! sbatch / salloc / srun side (user context): the checks that need every option at once.
 
 use slurm_spank::SpankHandle;
 use torpor_conf::options::{CHECKPOINT, CHECKPOINT_DIR};
 use torpor_conf::UserOptions;
 
-use crate::{CbResult, Torpor};
+use crate::options::{on_option, VAL_CHECKPOINT, VAL_CHECKPOINT_DIR};
+use crate::{state, CbResult};
 
-/// Validates `--checkpoint` / `--checkpoint-dir` (from the command line, `#SBATCH` lines or
-/// inherited `SLURM_SPANK_*` variables). Runs as the submitting user, so checking that the
-/// user's directory exists is safe here, and only here.
-pub(crate) fn validate(plugin: &Torpor, spank: &mut SpankHandle) -> CbResult {
-    let checkpoint = value(spank, CHECKPOINT.name)?;
-    let dir = value(spank, CHECKPOINT_DIR.name)?;
-    if checkpoint.is_none() && dir.is_none() {
-        return Ok(());
+/// sbatch/salloc: options were registered through `slurm-spank`, whose callback only caches
+/// them; run them through our option check first, then the common validation.
+pub(crate) fn validate_allocator(spank: &SpankHandle) -> CbResult {
+    for (def, val) in [
+        (&CHECKPOINT, VAL_CHECKPOINT),
+        (&CHECKPOINT_DIR, VAL_CHECKPOINT_DIR),
+    ] {
+        if let Some(v) = spank.get_option_value_lossy(def.name()) {
+            on_option(val, Some(v.into_owned()), false)?;
+        }
     }
-    let Some(site) = plugin.site() else {
-        return match (&checkpoint, &plugin.config) {
-            (Some(v), Some(Err(e))) => Err(format!(
-                "--checkpoint={v}: checkpointing is disabled on this cluster ({e})"
-            )
-            .into()),
-            _ => Ok(()),
-        };
+    validate()
+}
+
+/// Runs after all options (command line, `#SBATCH` lines, inherited `SLURM_SPANK_*`) were
+/// handed to the option callback, which already refused bad single values. Runs as the
+/// submitting user, so checking that the user's directory exists is safe here, and only here.
+pub(crate) fn validate() -> CbResult {
+    let (checkpoint, dir, site) = state::with(|s| {
+        (
+            s.checkpoint.clone(),
+            s.dir.clone(),
+            s.site.as_ref().and_then(|r| r.as_ref().ok()).cloned(),
+        )
+    });
+    let Some(site) = site else {
+        return Ok(()); // disabled: a --checkpoint was already refused by the option callback
     };
-    if let Some(opts) = UserOptions::resolve(checkpoint.as_deref(), dir.as_deref(), site)? {
+    if let Some(opts) = UserOptions::resolve(checkpoint.as_deref(), dir.as_deref(), &site)? {
         opts.check_user_dir_exists()?;
     }
     Ok(())
-}
-
-fn value(spank: &SpankHandle, name: &str) -> Result<Option<String>, String> {
-    match spank.get_option_value(name) {
-        Ok(v) => Ok(v.map(|v| v.into_owned())),
-        Err(_) => Err(format!(
-            "--{name}={}: not valid UTF-8",
-            spank.get_option_value_lossy(name).unwrap_or_default()
-        )),
-    }
 }

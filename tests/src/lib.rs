@@ -1,1 +1,7 @@
-//! Test harnesses: a real Slurm cluster in a temp dir, and the engine suite runner.
+//! Test harnesses: a real Slurm cluster in a temp dir ([`cluster`]) and a tiny case runner ([`cases`]).
+#![deny(unsafe_code)]
+
+pub mod cases;
+pub mod cluster;
+
+pub use cluster::{Cluster, ClusterOptions, HarnessError, JobId, Out};
