@@ -1,9 +1,11 @@
 /* fdclean: not a case but a harness helper. Closes every fd above 2 (test
  * runners leak jobserver pipes and the like into children) and execs its
  * arguments, so programs under test start with exactly stdin, stdout and
- * stderr. */
+ * stderr. Retries ETXTBSY: in a multithreaded harness another thread's fork
+ * may briefly hold a write fd of a just-copied binary. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -28,7 +30,12 @@ int main(int argc, char **argv)
 			closedir(d);
 		}
 	}
-	execvp(argv[1], argv + 1);
+	for (fd = 0; fd < 200; fd++) {
+		execvp(argv[1], argv + 1);
+		if (errno != ETXTBSY)
+			break;
+		usleep(10000);
+	}
 	perror(argv[1]);
 	return 127;
 }

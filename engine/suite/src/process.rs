@@ -80,9 +80,18 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("{label}: cannot start {cmd:?}"))?;
+        // ETXTBSY: another test thread's fork may briefly hold a write fd of
+        // a binary this test just copied.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(26) && tries < 200 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(10));
+                }
+                r => break r.with_context(|| format!("{label}: cannot start {cmd:?}"))?,
+            }
+        };
         let cap = Arc::new(Mutex::new(Captured {
             open_pipes: 2,
             ..Captured::default()
