@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what building and testing torpor needs on Debian 12, idempotently:
+# Debian's Slurm 22.05 (daemons, clients, headers), munge, clang/libclang (bindgen),
+# and the unprivileged user test jobs run as. Safe to run again; skips what is there.
+set -euo pipefail
+
+TEST_USER=${TORPOR_TEST_USER:-torpor-test}
+PACKAGES=(slurmctld slurmd slurm-client libslurm-dev munge libclang-dev clang
+          python3 perl sqlite3 rpm gcc make util-linux procps)
+
+SUDO=
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then SUDO=sudo; else
+        echo "setup.sh: run as root (or install sudo): it installs packages and a test user" >&2
+        exit 1
+    fi
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -q
+    # Debian's packages try to start system-wide daemons; torpor's tests never use them.
+    $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! id "$TEST_USER" >/dev/null 2>&1; then
+    echo "setup.sh: creating test user $TEST_USER"
+    $SUDO useradd --create-home --shell /bin/bash "$TEST_USER"
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup.sh: cargo not found: install rustup (https://rustup.rs); rust-toolchain.toml pins the version" >&2
+    exit 1
+fi
+echo "setup.sh: ok (Slurm $(sinfo --version 2>/dev/null | awk '{print $2}'), test user $TEST_USER)"
