@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::SeqCst};
 
 use torpor_engine::capture::{self, CaptureInput};
-use torpor_engine::records::{FdSnap, RestoreInfo};
+
+use torpor_engine::records::{FdSnap, RestoreInfo, TimerSnap};
 use torpor_image::store::{Manifest, Pending, Store};
 
 use crate::park::{self, MAX_THREADS, PARKED, RELEASE, RESUMED, SLOT, THREADS};
@@ -79,6 +80,9 @@ struct ChildArgs {
     pending: *const Pending,
     nthreads: usize,
     nfds: usize,
+    timers: *const TimerSnap,
+    ntimers: usize,
+    itimers: [(u64, u64); 3],
     patch: *mut u8,
     patch_len: usize,
     pid: i32,
@@ -281,10 +285,24 @@ fn copy_file(fd: i32, files_fd: i32, size: u64) -> bool {
     let pre = b"/proc/self/fd/";
     src_path[..pre.len()].copy_from_slice(pre);
     src_path[pre.len()..pre.len() + digits.len()].copy_from_slice(digits);
-    let src = sys_open(&src_path, libc::O_RDONLY);
+    copy_path(&src_path, files_fd, &name, Some(size))
+}
+
+/// Copies `src` (NUL-terminated path) into `files_fd/name` (NUL-terminated): a reflink
+/// where the file system can, a kernel copy otherwise. No allocation.
+fn copy_path(src: &[u8], files_fd: i32, name: &[u8], size: Option<u64>) -> bool {
+    let src = sys_open(src, libc::O_RDONLY);
     if src < 0 {
         return false;
     }
+    let size = size.unwrap_or_else(|| {
+        // SAFETY: fstat into a local.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(src, &mut st);
+            st.st_size as u64
+        }
+    });
     // SAFETY: name is NUL-terminated; files_fd is a directory we opened.
     let dst = unsafe {
         libc::openat(
@@ -323,6 +341,109 @@ fn copy_file(fd: i32, files_fd: i32, size: u64) -> bool {
     close(src);
     close(dst);
     ok
+}
+
+/// POSIX timers listed in /proc/self/timers (times are read later, in the pause).
+fn scan_timers() -> Vec<TimerSnap> {
+    let text = std::fs::read_to_string("/proc/self/timers").unwrap_or_default();
+    let mut v: Vec<TimerSnap> = Vec::new();
+    for line in text.lines() {
+        if let Some(id) = line.strip_prefix("ID: ") {
+            v.push(TimerSnap {
+                id: id.trim().parse().unwrap_or(-1),
+                ..TimerSnap::default()
+            });
+        } else if let Some(t) = v.last_mut() {
+            if let Some(sig) = line.strip_prefix("signal: ") {
+                let (n, val) = sig.split_once('/').unwrap_or((sig, "0"));
+                t.signo = n.trim().parse().unwrap_or(0);
+                t.value = u64::from_str_radix(val.trim(), 16).unwrap_or(0);
+            } else if let Some(n) = line.strip_prefix("notify: ") {
+                let (kind, who) = n.split_once('/').unwrap_or((n, ""));
+                t.notify = match kind {
+                    "thread" => 4,
+                    "none" => 1,
+                    _ => 0,
+                };
+                t.tid = who
+                    .rsplit_once('.')
+                    .and_then(|x| x.1.parse().ok())
+                    .unwrap_or(0);
+            } else if let Some(c) = line.strip_prefix("ClockID: ") {
+                t.clock = c.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    v.retain(|t| t.id >= 0);
+    v
+}
+
+/// Shared writable mappings of regular files: (path, name in files/), NUL-terminated.
+fn scan_shared_maps() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for v in torpor_engine::procmaps::parse(&text) {
+        let n = v.name.as_str();
+        if !(v.shared && v.write && n.starts_with('/'))
+            || n.ends_with(" (deleted)")
+            || n.starts_with("/dev/")
+            || n.starts_with("/SYSV")
+            || n.starts_with("/memfd:")
+        {
+            continue;
+        }
+        let full = capture::shared_map_name(v.dev_major, v.dev_minor, v.inode);
+        let mut name = full.trim_start_matches("files/").as_bytes().to_vec();
+        name.push(0);
+        if out.iter().any(|(_, m)| *m == name) {
+            continue;
+        }
+        let mut path = n.as_bytes().to_vec();
+        path.push(0);
+        out.push((path, name));
+    }
+    out
+}
+
+fn ts_ns(t: &libc::timespec) -> u64 {
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Reads every timer's remaining time. Runs in the pause: no allocation.
+fn snapshot_timers(timers: &mut [TimerSnap]) -> [(u64, u64); 3] {
+    for t in timers.iter_mut() {
+        // SAFETY: timer_gettime with a kernel timer id into a local struct.
+        unsafe {
+            let mut its: libc::itimerspec = std::mem::zeroed();
+            if libc::syscall(
+                libc::SYS_timer_gettime,
+                t.id,
+                &mut its as *mut libc::itimerspec,
+            ) == 0
+            {
+                t.interval_ns = ts_ns(&its.it_interval);
+                t.value_ns = ts_ns(&its.it_value);
+            }
+        }
+    }
+    let mut it = [(0u64, 0u64); 3];
+    for (which, slot) in it.iter_mut().enumerate() {
+        // SAFETY: getitimer into a local struct.
+        unsafe {
+            let mut v: libc::itimerval = std::mem::zeroed();
+            if libc::syscall(
+                libc::SYS_getitimer,
+                which as i64,
+                &mut v as *mut libc::itimerval,
+            ) == 0
+            {
+                let ns =
+                    |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+                *slot = (ns(v.it_interval), ns(v.it_value));
+            }
+        }
+    }
+    it
 }
 
 /// Pauses here with all other threads parked: saves the manager's own context, then
@@ -399,11 +520,19 @@ fn child_write(a: &ChildArgs, ws: u64, we: u64) -> Result<(), String> {
     };
     // SAFETY: plain struct in agent memory.
     let ri = TORPOR_RESTORE_INFO.0.get() as u64;
+    let timers = if a.timers.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: the manager's vector, alive in our copy of its frame.
+        unsafe { std::slice::from_raw_parts(a.timers, a.ntimers) }
+    };
     let input = CaptureInput {
         pid: a.pid,
         ppid: a.ppid,
         threads,
         fds,
+        timers,
+        itimers: a.itimers,
         restore_info_addr: ri,
         skip: &alloc::is_child_region,
         patch,
@@ -478,10 +607,15 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
     unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
     let (ws, we) = (WSEG_START.load(SeqCst), WSEG_END.load(SeqCst));
     let mut patch = vec![0u8; (we - ws) as usize];
+    let mut timers = scan_timers();
+    let shared_maps = scan_shared_maps();
     let mut args = ChildArgs {
         pending: &pending,
         nthreads: 0,
         nfds: 0,
+        timers: std::ptr::null(),
+        ntimers: 0,
+        itimers: [(0, 0); 3],
         patch: if patch.is_empty() {
             std::ptr::null_mut()
         } else {
@@ -523,6 +657,12 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
     unsafe { park::fill_thread(THREADS.slot(my_slot)) };
     args.nthreads = SLOT.load(SeqCst).min(MAX_THREADS);
     args.nfds = snapshot_fds(fd_dir, &agent_fds, files_fd, cfg.capture_limit);
+    for (path, name) in &shared_maps {
+        copy_path(path, files_fd, name, None);
+    }
+    args.itimers = snapshot_timers(&mut timers);
+    args.timers = timers.as_ptr();
+    args.ntimers = timers.len();
     args.time_unix = sys::unix_time();
     CHILD_ARGS.store(&mut args, SeqCst);
     let forked = pause_point(my_slot);
@@ -531,6 +671,8 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
         let n = SLOT.load(SeqCst).min(MAX_THREADS);
         std::mem::forget(pending);
         std::mem::forget(patch);
+        std::mem::forget(timers);
+        std::mem::forget(shared_maps);
         finish_restore(n);
         return Outcome::Restored;
     };

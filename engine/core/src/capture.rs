@@ -16,7 +16,7 @@ use torpor_image::{ImageError, ImageWriter, PAGE_SIZE};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::procmaps::{self, Vma};
-use crate::records::{FdSnap, ThreadRec};
+use crate::records::{FdSnap, ThreadRec, TimerSnap};
 
 /// Largest run of pages stored as one chunk.
 const MAX_CHUNK: u64 = 4 << 20;
@@ -57,6 +57,9 @@ pub struct CaptureInput<'a> {
     pub ppid: i32,
     pub threads: &'a [ThreadRec],
     pub fds: &'a [FdSnap],
+    pub timers: &'a [TimerSnap],
+    /// setitimer (interval_ns, value_ns) for REAL, VIRTUAL, PROF at the pause.
+    pub itimers: [(u64, u64); 3],
     pub restore_info_addr: u64,
     /// Address ranges created by the writer itself, never part of the image.
     pub skip: &'a dyn Fn(u64, u64) -> bool,
@@ -444,9 +447,16 @@ pub fn write_process_image(
             file: None,
             pages_saved: 0,
             flags: Vec::new(),
+            captured: None,
         };
         if matches!(kind, RegionKind::FilePrivate | RegionKind::FileShared) {
             region.file = file_id(&v.name);
+        }
+        if kind == RegionKind::FileShared && v.write {
+            let name = shared_map_name(v.dev_major, v.dev_minor, v.inode);
+            if pending.path().join(&name).exists() {
+                region.captured = Some(name);
+            }
         }
         if kind != RegionKind::FileShared {
             pm.resize(npages as usize, 0);
@@ -589,6 +599,21 @@ pub fn write_process_image(
         agent: AgentAddrs {
             restore_info: inp.restore_info_addr,
         },
+        timers: inp
+            .timers
+            .iter()
+            .map(|t| TimerMeta {
+                id: t.id,
+                clock: t.clock,
+                signo: t.signo,
+                notify: t.notify,
+                tid: t.tid,
+                value: t.value,
+                interval_ns: t.interval_ns,
+                value_ns: t.value_ns,
+            })
+            .collect(),
+        itimers: inp.itimers.to_vec(),
     };
     let pages = sink.pages;
     let file = sink.w.finish(&mut meta)?;
@@ -602,6 +627,11 @@ pub fn write_process_image(
         bytes,
         pages,
     })
+}
+
+/// Name (inside the generation) of the captured contents of a shared writable mapping.
+pub fn shared_map_name(major: u32, minor: u32, ino: u64) -> String {
+    format!("files/map-{major:x}-{minor:x}-{ino}")
 }
 
 /// Copies the contents of a deleted-but-open file from `/proc/self/fd/N` into the generation.

@@ -63,6 +63,25 @@ pub struct PlanHeader {
     pub vdso_len: u64,
     /// Address of the agent's `RestoreInfo` in the restored memory.
     pub restore_info: u64,
+    pub ntimers: u64,
+    pub timers_off: u64,
+    /// setitimer values: (interval_ns, value_ns) for REAL, VIRTUAL, PROF.
+    pub itimers: [[u64; 2]; 3],
+    /// 1: drop all capabilities in every thread before resuming (non-root restore).
+    pub drop_caps: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanTimer {
+    pub id: i64,
+    pub clock: i64,
+    pub signo: i64,
+    pub notify: i64,
+    pub tid: i64,
+    pub value: u64,
+    pub interval_ns: u64,
+    pub value_ns: u64,
 }
 
 #[repr(C)]

@@ -69,3 +69,18 @@ pub struct RestoreInfo {
     /// 1 when original pids were restored (inside a user+pid namespace).
     pub same_pids: u64,
 }
+
+/// A POSIX timer as seen in the pause (ids from /proc/self/timers, times from
+/// timer_gettime).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimerSnap {
+    pub id: i32,
+    pub clock: i32,
+    pub signo: i32,
+    pub notify: i32,
+    pub tid: i32,
+    pub value: u64,
+    pub interval_ns: u64,
+    pub value_ns: u64,
+}

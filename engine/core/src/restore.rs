@@ -215,6 +215,9 @@ pub fn check_compat(meta: &ProcessMeta) -> Result<(), RestoreError> {
         }
         if matches!(r.kind, RegionKind::FilePrivate | RegionKind::FileShared) {
             let Some(id) = r.file else { continue };
+            if r.captured.is_some() {
+                continue; // a shared writable mapping: its contents are put back
+            }
             let md = fs::metadata(&r.name).map_err(|_| RestoreError::FileChanged {
                 path: r.name.clone(),
                 why: "was removed",
@@ -450,6 +453,24 @@ pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bo
             cloexec: f.cloexec as u64,
         })
         .collect();
+    let timers: Vec<PlanTimer> = meta
+        .timers
+        .iter()
+        .map(|t| PlanTimer {
+            id: t.id as i64,
+            clock: t.clock as i64,
+            signo: t.signo as i64,
+            notify: t.notify as i64,
+            tid: t.tid as i64,
+            value: t.value,
+            interval_ns: t.interval_ns,
+            value_ns: t.value_ns,
+        })
+        .collect();
+    let mut itimers = [[0u64; 2]; 3];
+    for (i, &(a, b)) in meta.itimers.iter().take(3).enumerate() {
+        itimers[i] = [a, b];
+    }
     let sz = |n: usize, each: usize| (n * each) as u64;
     let mut h = PlanHeader {
         magic: PLAN_MAGIC,
@@ -480,6 +501,9 @@ pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bo
         vdso_start: meta.vdso.vdso_start,
         vdso_len: meta.vdso.vdso_len,
         restore_info: meta.agent.restore_info,
+        ntimers: timers.len() as u64,
+        itimers,
+        drop_caps: (same_pids && my_uid() != 0) as u64,
         ..Default::default()
     };
     let mut off = std::mem::size_of::<PlanHeader>() as u64;
@@ -493,6 +517,8 @@ pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bo
     off += sz(sigs.len(), std::mem::size_of::<PlanSig>());
     h.fds_off = off;
     off += sz(fds.len(), std::mem::size_of::<PlanFd>());
+    h.timers_off = off;
+    off += sz(timers.len(), std::mem::size_of::<PlanTimer>());
     h.auxv_off = off;
     h.strings_off = off;
     off += strings.len() as u64;
@@ -504,6 +530,7 @@ pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bo
     threads.iter().for_each(|x| push(&mut buf, x));
     sigs.iter().for_each(|x| push(&mut buf, x));
     fds.iter().for_each(|x| push(&mut buf, x));
+    timers.iter().for_each(|x| push(&mut buf, x));
     buf.extend_from_slice(&strings);
     buf
 }
@@ -688,7 +715,48 @@ fn enter_pid_namespace(orig_pid: i32) -> Result<(), String> {
         close_all_but_stdio();
         wait_and_mirror(pid as i32, true);
     }
+    if uid != 0 {
+        keep_checkpoint_restore_cap();
+    }
     Ok(())
+}
+
+/// A non-root user loses its namespace capabilities at execve. Stage 2 needs
+/// CAP_CHECKPOINT_RESTORE to create threads with their original tids: keep that one
+/// capability across the exec as an ambient capability. Stage 2 drops it in every
+/// thread before the program resumes.
+fn keep_checkpoint_restore_cap() {
+    const CAP_CHECKPOINT_RESTORE: u32 = 40;
+    #[repr(C)]
+    struct Hdr {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut h = Hdr {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with the v3 header and two data words.
+    unsafe {
+        libc::syscall(libc::SYS_capget, &mut h as *mut Hdr, d.as_mut_ptr());
+        d[1].inheritable |= 1 << (CAP_CHECKPOINT_RESTORE - 32);
+        libc::syscall(libc::SYS_capset, &mut h as *mut Hdr, d.as_ptr());
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE,
+            CAP_CHECKPOINT_RESTORE as libc::c_ulong,
+            0,
+            0,
+        );
+    }
 }
 
 fn fds_open() -> Vec<i32> {
@@ -734,6 +802,18 @@ pub fn restore(
 ) -> Result<std::convert::Infallible, RestoreError> {
     let meta = sel.reader.meta().clone();
     check_compat(&meta)?;
+    // Shared writable file mappings: put the file back as it was at the checkpoint.
+    for r in &meta.regions {
+        if let Some(cap) = &r.captured {
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&r.name)
+                .map_err(ioe(r.name.clone()))?;
+            copy_into(&sel.gen_dir.join(cap), &mut out)?;
+            out.sync_all().map_err(ioe(r.name.clone()))?;
+        }
+    }
     // Reopen the program's files (still at temporary numbers).
     let mut files = Vec::new();
     for f in &meta.fds {

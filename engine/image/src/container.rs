@@ -409,6 +409,7 @@ mod tests {
                 file: None,
                 pages_saved: 2,
                 flags: vec![],
+                captured: None,
             }],
             ..Default::default()
         }

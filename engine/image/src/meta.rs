@@ -32,6 +32,27 @@ pub struct ProcessMeta {
     pub process: ProcessAttrs,
     /// Addresses inside the agent that the restorer fills in.
     pub agent: AgentAddrs,
+    /// POSIX timers (timer_create), recreated with their ids.
+    #[serde(default)]
+    pub timers: Vec<TimerMeta>,
+    /// Interval timers (setitimer): real, virtual, prof as (interval_ns, value_ns).
+    #[serde(default)]
+    pub itimers: Vec<(u64, u64)>,
+}
+
+/// One POSIX timer.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TimerMeta {
+    pub id: i32,
+    pub clock: i32,
+    pub signo: i32,
+    /// SIGEV_* notification (0 signal, 1 none, 4 thread id).
+    pub notify: i32,
+    pub tid: i32,
+    pub value: u64,
+    pub interval_ns: u64,
+    /// Time left until the next expiry at the checkpoint (0 = disarmed).
+    pub value_ns: u64,
 }
 
 /// Provenance of an image.
@@ -153,6 +174,10 @@ pub struct Region {
     /// Extra flags (`dontfork`, `wipeonfork`, `hugepage`, `growsdown`, `noreserve`).
     #[serde(default)]
     pub flags: Vec<String>,
+    /// For shared writable file mappings: the file's contents captured in the
+    /// generation (path relative to the generation directory).
+    #[serde(default)]
+    pub captured: Option<String>,
 }
 
 /// How a file is recognised as unchanged.

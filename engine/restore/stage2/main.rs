@@ -70,6 +70,10 @@ mod nr {
     pub const SET_ROBUST_LIST: u64 = 273;
     pub const MEMFD_CREATE: u64 = 319;
     pub const RSEQ: u64 = 334;
+    pub const SETITIMER: u64 = 38;
+    pub const CAPSET: u64 = 126;
+    pub const TIMER_CREATE: u64 = 222;
+    pub const TIMER_SETTIME: u64 = 223;
 }
 
 fn write2(s: &[u8]) {
@@ -471,7 +475,58 @@ fn map_regions() {
     }
 }
 
+/// Recreates interval timers and POSIX timers (with their original ids).
+fn restore_timers() {
+    let h = hdr();
+    for (which, it) in h.itimers.iter().enumerate() {
+        if it[1] != 0 {
+            let tv = [it[0] / 1_000_000_000, (it[0] % 1_000_000_000) / 1000, it[1] / 1_000_000_000, (it[1] % 1_000_000_000) / 1000];
+            // SAFETY: setitimer with a kernel struct itimerval.
+            unsafe { sc(nr::SETITIMER, which as u64, tv.as_ptr() as u64, 0, 0, 0, 0) };
+        }
+    }
+    let ts: &[PlanTimer] = table(h.timers_off, h.ntimers);
+    if ts.is_empty() {
+        return;
+    }
+    // SAFETY: PR_TIMER_CREATE_RESTORE_IDS(77) on: timer_create takes the id we pass.
+    check(b"prctl(PR_TIMER_CREATE_RESTORE_IDS)", unsafe { sc(nr::PRCTL, 77, 1, 0, 0, 0, 0) });
+    for t in ts {
+        // struct sigevent: value, signo, notify, tid (padded to 64 bytes).
+        let mut ev = [0u64; 8];
+        ev[0] = t.value;
+        ev[1] = (t.signo as u32 as u64) | ((t.notify as u32 as u64) << 32);
+        ev[2] = t.tid as u32 as u64;
+        let mut id: i32 = t.id as i32;
+        // SAFETY: timer_create with valid pointers to our locals.
+        check(b"timer_create", unsafe { sc(nr::TIMER_CREATE, t.clock as u64, ev.as_ptr() as u64, &mut id as *mut i32 as u64, 0, 0, 0) });
+        let spec = [t.interval_ns / 1_000_000_000, t.interval_ns % 1_000_000_000, t.value_ns / 1_000_000_000, t.value_ns % 1_000_000_000];
+        if t.value_ns != 0 {
+            // SAFETY: timer_settime with a kernel struct itimerspec.
+            unsafe { sc(nr::TIMER_SETTIME, id as u64, 0, spec.as_ptr() as u64, 0, 0, 0) };
+        }
+    }
+    // SAFETY: turns id restoring off again.
+    unsafe { sc(nr::PRCTL, 77, 0, 0, 0, 0, 0) };
+}
+
+/// Drops capabilities that stage 1 carried over for a non-root user (creds are per
+/// thread, so every thread does this for itself).
+fn drop_carried_caps() {
+    if hdr().drop_caps == 0 {
+        return;
+    }
+    let h: [u32; 2] = [0x2008_0522, 0];
+    let d = [0u32; 6];
+    // SAFETY: PR_CAP_AMBIENT(47) CLEAR_ALL(4), then capset to nothing.
+    unsafe {
+        sc(nr::PRCTL, 47, 4, 0, 0, 0, 0);
+        sc(nr::CAPSET, h.as_ptr() as u64, d.as_ptr() as u64, 0, 0, 0, 0);
+    }
+}
+
 fn thread_common(t: &PlanThread) {
+    drop_carried_caps();
     // SAFETY: re-registers kernel per-thread state at addresses inside restored memory.
     unsafe {
         if t.robust_head != 0 {
@@ -607,6 +662,7 @@ unsafe extern "C" fn rmain(sp: *const u64) -> ! {
     if main_idx == usize::MAX {
         die(b"no main thread", 0);
     }
+    restore_timers();
     let t = &ts[main_idx];
     // SAFETY: the leader takes over the main thread's identity and jumps into it.
     unsafe {
