@@ -326,6 +326,7 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
             mtime_nsec: s.mtime_nsec,
         }),
         captured: None,
+        dup_of: None,
     };
     if s.fd <= 2 {
         m.kind = FdKind::Stdio;
@@ -496,7 +497,27 @@ pub fn write_process_image(
         regions.push(region);
     }
     let mut fds = Vec::new();
-    for s in inp.fds {
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    for (i, s) in inp.fds.iter().enumerate() {
+        if s.fd > 2 {
+            // fds sharing one open file description must share it again after restore.
+            let same = inp.fds[..i].iter().find(|o| {
+                o.fd > 2
+                    // SAFETY: kcmp(KCMP_FILE=0) compares two of our own fds.
+                    && unsafe { libc::syscall(libc::SYS_kcmp, me, me, 0, o.fd, s.fd) } == 0
+            });
+            if let Some(o) = same {
+                let orig = fds.iter().find(|m: &&FdMeta| m.fd == o.fd).cloned();
+                if let Some(mut m) = orig {
+                    m.fd = s.fd;
+                    m.cloexec = s.fdflags & libc::FD_CLOEXEC != 0;
+                    m.dup_of = Some(o.fd);
+                    fds.push(m);
+                    continue;
+                }
+            }
+        }
         let mut m = fd_meta(s)?;
         if m.kind == FdKind::Deleted && m.captured.is_none() {
             save_deleted(pending, s.fd)?;

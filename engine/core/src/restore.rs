@@ -817,6 +817,9 @@ pub fn restore(
     // Reopen the program's files (still at temporary numbers).
     let mut files = Vec::new();
     for f in &meta.fds {
+        if f.dup_of.is_some() {
+            continue;
+        }
         if let Some(fd) = reopen(f, &sel.gen_dir)? {
             files.push((f.fd, fd));
         }
@@ -858,7 +861,7 @@ pub fn restore(
         }
     };
     // Place the fds: everything we keep goes above every target first.
-    let max_target = files.iter().map(|(t, _)| *t).max().unwrap_or(2).max(2);
+    let max_target = meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
     let base = max_target + 1;
     let (image_file, _) = sel.reader.into_parts();
     let image_fd = move_above(OwnedFd::from(image_file), base, false)?;
@@ -891,6 +894,13 @@ pub fn restore(
         }
         // SAFETY: the staged copy is ours.
         unsafe { libc::close(*fd) };
+    }
+    for f in meta.fds.iter().filter(|f| f.dup_of.is_some()) {
+        let from = f.dup_of.unwrap_or(-1);
+        // SAFETY: duplicates an fd placed above onto its twin's number.
+        if unsafe { libc::dup2(from, f.fd) } < 0 {
+            return Err(last_os("dup2 (shared open file)"));
+        }
     }
     if verbose {
         eprintln!(

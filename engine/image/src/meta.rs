@@ -259,6 +259,9 @@ pub struct FdMeta {
     /// Name of the captured copy inside the generation directory, if any.
     #[serde(default)]
     pub captured: Option<String>,
+    /// Lowest fd sharing this fd's open file description (and so its offset), if any.
+    #[serde(default)]
+    pub dup_of: Option<i32>,
 }
 
 /// Process-wide attributes.
