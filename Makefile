@@ -5,7 +5,7 @@
 # `foo` to TEST_SUITES (one line each).
 
 CARGO ?= cargo
-TEST_SUITES := unit slurm
+TEST_SUITES := unit engine slurm
 
 .PHONY: all setup fmt-check clippy build test demo $(addprefix test-,$(TEST_SUITES))
 
@@ -26,6 +26,11 @@ build:
 # Unit tests of every crate; the Slurm harness and the engine suite have their own targets.
 test-unit: build
 	$(CARGO) test --workspace --exclude torpor-tests --exclude torpor-engine-suite
+
+# The engine suite (our zdtm): every case checkpointed, killed and restored, once, twice, and
+# as the unprivileged user torpor-test. Needs the release build (agent, restorer, CLI).
+test-engine: build
+	$(CARGO) nextest run --release -p torpor-engine-suite -j 6 --no-fail-fast
 
 # Real Slurm: each test binary starts its own cluster (munged, slurmctld, n1..n3) in /tmp.
 test-slurm: build
