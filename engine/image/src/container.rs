@@ -141,7 +141,7 @@ impl ImageWriter {
     /// Appends the bytes of a page run that lives at `vaddr`. `data.len()` must be a
     /// multiple of the page size.
     pub fn add_chunk(&mut self, vaddr: u64, data: &[u8]) -> Result<(), ImageError> {
-        debug_assert!(data.len() as u64 % PAGE_SIZE == 0);
+        debug_assert!((data.len() as u64).is_multiple_of(PAGE_SIZE));
         self.file
             .write_all(data)
             .map_err(io(&self.path, "write chunk"))?;
@@ -365,9 +365,9 @@ fn validate(m: &ProcessMeta, data_end: u64) -> Result<(), String> {
         prev_end = r.end;
     }
     for c in &m.chunks {
-        let end = c.vaddr.checked_add(c.len).unwrap_or(u64::MAX);
+        let end = c.vaddr.saturating_add(c.len);
         let inside = m.regions.iter().any(|r| r.start <= c.vaddr && end <= r.end);
-        let stored_end = c.offset.checked_add(c.stored_len).unwrap_or(u64::MAX);
+        let stored_end = c.offset.saturating_add(c.stored_len);
         if !inside
             || c.len % PAGE_SIZE != 0
             || c.len == 0
