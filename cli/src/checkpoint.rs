@@ -6,15 +6,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// The agent's request signal (SIGRTMAX-4).
-pub const REQUEST_SIGNAL: i32 = 60;
+/// The agent's default request signal (SIGRTMIN+4); `TORPOR_SIGNAL` overrides it.
+pub const REQUEST_SIGNAL: i32 = 38;
+
+fn env_of(pid: i32, name: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    env.split(|&b| b == 0).find_map(|kv| {
+        kv.strip_prefix(prefix.as_bytes())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
+}
 
 fn torpor_dir_of(pid: i32) -> Option<PathBuf> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env.split(|&b| b == 0).find_map(|kv| {
-        kv.strip_prefix(b"TORPOR_DIR=")
-            .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()))
-    })
+    env_of(pid, "TORPOR_DIR").map(PathBuf::from)
 }
 
 fn children(pid: i32) -> Vec<i32> {
@@ -42,11 +47,14 @@ pub fn find_target(pid: i32) -> Result<(i32, PathBuf)> {
 }
 
 fn send(pid: i32, id: i32) -> Result<()> {
+    let sig = env_of(pid, "TORPOR_SIGNAL")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(REQUEST_SIGNAL);
     let val = libc::sigval {
         sival_ptr: id as usize as *mut libc::c_void,
     };
     // SAFETY: sigqueue with a plain value; no memory is shared with the target.
-    let r = unsafe { libc::sigqueue(pid, REQUEST_SIGNAL, val) };
+    let r = unsafe { libc::sigqueue(pid, sig, val) };
     if r != 0 {
         bail!(
             "cannot signal process {pid}: {}",

@@ -3,8 +3,10 @@
 //! the manager thread that takes checkpoints on an interval or on request.
 
 mod alloc;
+mod identity;
 mod manager;
 mod park;
+mod sigwrap;
 mod sys;
 
 use std::path::PathBuf;
@@ -17,8 +19,9 @@ static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc;
 
 /// Signal that parks threads (SIGRTMAX-3 with glibc's numbering).
 pub const PARK_SIGNAL: i32 = 61;
-/// Signal that asks for a checkpoint (SIGRTMAX-4); its `si_value` is the request id.
-pub const REQUEST_SIGNAL: i32 = 60;
+/// Default signal that asks for a checkpoint (SIGRTMIN+4, as the plugin's `signal=`
+/// default); its `si_value` is the request id. `TORPOR_SIGNAL` overrides it.
+pub const REQUEST_SIGNAL: i32 = 38;
 
 #[used]
 #[unsafe(link_section = ".init_array")]
@@ -33,12 +36,25 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.trim().parse().ok()
 }
 
+fn env_str(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Reads the configuration; `None` when this process is not a checkpoint target.
 fn config_from_env() -> Option<Config> {
-    let dir = PathBuf::from(std::env::var_os("TORPOR_DIR")?);
-    if let Some(root) = env_u64("TORPOR_ROOT_PID") {
-        if root != sys::getpid() as u64 {
+    let root = PathBuf::from(std::env::var_os("TORPOR_DIR")?);
+    if std::env::var_os(identity::INERT_VAR).is_some() {
+        return None;
+    }
+    if let Some(pid) = env_u64("TORPOR_ROOT_PID") {
+        if pid != sys::getpid() as u64 {
             return None;
         }
+    }
+    let slurm = env_str("TORPOR_CONTEXT").as_deref() == Some("slurm");
+    let exe = identity::exe_name();
+    if slurm && identity::skipped(&exe) {
+        return None;
     }
     let interval_ns = std::env::var("TORPOR_INTERVAL_SECS")
         .ok()
@@ -46,16 +62,39 @@ fn config_from_env() -> Option<Config> {
         .filter(|v| *v > 0.0)
         .map(|v| (v * 1e9) as u64)
         .unwrap_or(0);
+    let attempt = env_u64("TORPOR_ATTEMPT")
+        .or_else(|| env_u64("SLURM_RESTART_COUNT"))
+        .unwrap_or(0) as u32;
+    let dir = if slurm {
+        let job = env_str("TORPOR_JOB_ID")?;
+        let step = env_str("TORPOR_STEP_ID").unwrap_or_else(|| "batch".into());
+        let task = env_str("TORPOR_TASK_ID").unwrap_or_else(|| "0".into());
+        match identity::slurm_program_dir(&root, &job, &step, &task, attempt, &exe) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!(
+                    "torpor: cannot use image directory under {}: {e}; running without checkpoints",
+                    root.display()
+                );
+                return None;
+            }
+        }
+    } else {
+        root
+    };
     Some(Config {
         dir,
         interval_ns,
         keep: env_u64("TORPOR_KEEP").unwrap_or(2).max(1) as usize,
-        attempt: env_u64("TORPOR_ATTEMPT")
-            .or_else(|| env_u64("SLURM_RESTART_COUNT"))
-            .unwrap_or(0) as u32,
+        attempt,
         capture_limit: env_u64("TORPOR_CAPTURE_LIMIT").unwrap_or(1 << 30),
         verbose: std::env::var_os("TORPOR_VERBOSE").is_some(),
         park_sig: PARK_SIGNAL,
+        request_sig: env_u64("TORPOR_SIGNAL")
+            .map(|v| v as i32)
+            .filter(|&v| v > 0 && v < 65 && v != PARK_SIGNAL)
+            .unwrap_or(REQUEST_SIGNAL),
+        slurm,
     })
 }
 
@@ -116,31 +155,76 @@ fn install(sig: i32, h: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_vo
     // SAFETY: a zeroed sigaction is valid; we fill handler, flags and a full mask.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = h as usize;
+        sa.sa_sigaction = h as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigfillset(&mut sa.sa_mask);
-        libc::sigaction(sig, &sa, std::ptr::null_mut()) == 0
+        sigwrap::real_sigaction(sig, &sa, std::ptr::null_mut()) == 0
     }
 }
 
+/// At normal exit of a Slurm job's program: its images are no longer needed (a rerun of
+/// the batch script runs a finished program again from the start). Kept when the exit
+/// follows a SIGTERM (the program may exit in its own handler while being preempted).
+extern "C" fn at_exit() {
+    if manager::SLURM.load(SeqCst)
+        && manager::ACTIVE.load(SeqCst)
+        && !manager::TERMINATING.load(SeqCst)
+    {
+        if let Some(d) = manager::DIR.get() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static FINI: extern "C" fn() = at_exit;
+
 fn start() {
     let Some(cfg) = config_from_env() else { return };
+    // Descendants of a target stay inert (process trees are checkpointed as a whole only
+    // once tree support lands).
+    // SAFETY: constructors run before the program's threads exist.
+    unsafe { std::env::set_var(identity::INERT_VAR, "1") };
+    let no_restore = std::env::var_os("TORPOR_NO_RESTORE").is_some();
+    if no_restore {
+        // SAFETY: still single-threaded.
+        unsafe { std::env::remove_var("TORPOR_NO_RESTORE") };
+    }
+    if cfg.slurm && !no_restore && identity::has_generation(&cfg.dir) {
+        let restorer = std::env::var_os("TORPOR_RESTORER")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let err = identity::exec_restorer(&restorer, &cfg.dir);
+        eprintln!(
+            "torpor: cannot run the restorer {} for {}: {err}; starting over",
+            restorer.display(),
+            cfg.dir.display()
+        );
+    }
+    manager::ATTEMPT.store(cfg.attempt, SeqCst);
+    manager::SLURM.store(cfg.slurm, SeqCst);
     find_writable_segment();
     find_rseq_offset();
-    if !install(PARK_SIGNAL, park::on_park) || !install(REQUEST_SIGNAL, on_request) {
+    if !install(PARK_SIGNAL, park::on_park) || !install(cfg.request_sig, on_request) {
         sys::write_err(&[b"torpor: cannot install signal handlers; checkpointing disabled\n"]);
         return;
     }
+    sigwrap::own_sigterm();
     let spawned = std::thread::Builder::new()
         .name("torpor-agent".into())
         .stack_size(256 * 1024)
         .spawn(move || manager_main(cfg));
+    if spawned.is_ok() {
+        manager::ACTIVE.store(true, SeqCst);
+    }
     if spawned.is_err() {
         sys::write_err(&[b"torpor: cannot start the agent thread; checkpointing disabled\n"]);
     }
 }
 
-fn manager_main(cfg: Config) {
+fn manager_main(mut cfg: Config) {
+    let _ = manager::DIR.set(cfg.dir.clone());
     // SAFETY: blocks every signal for this thread only.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -155,9 +239,21 @@ fn manager_main(cfg: Config) {
         u64::MAX
     };
     let mut seen = manager::REQ.load(SeqCst);
+    let mut seen_term = sigwrap::TERM.load(SeqCst);
     loop {
         let cur = manager::REQ.load(SeqCst);
         let now = sys::now_ns();
+        let term = sigwrap::TERM.load(SeqCst);
+        if term != seen_term {
+            seen_term = term;
+            manager::TERMINATING.store(true, SeqCst);
+            let out = manager::checkpoint(&cfg);
+            report(&cfg, 0, &out);
+            if !matches!(out, Outcome::Restored) {
+                sigwrap::apply_program_sigterm();
+                continue;
+            }
+        }
         if cur != seen || now >= next {
             let id = if cur != seen {
                 manager::REQ_ID.load(SeqCst)
@@ -167,6 +263,7 @@ fn manager_main(cfg: Config) {
             seen = cur;
             let out = manager::checkpoint(&cfg);
             report(&cfg, id, &out);
+            cfg.attempt = manager::ATTEMPT.load(SeqCst);
             next = if interval > 0 {
                 sys::now_ns() + interval
             } else {

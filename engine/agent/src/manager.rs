@@ -6,7 +6,7 @@ use std::cell::UnsafeCell;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::SeqCst};
 
 use torpor_engine::capture::{self, CaptureInput};
 
@@ -31,7 +31,21 @@ pub struct Config {
     pub capture_limit: u64,
     pub verbose: bool,
     pub park_sig: i32,
+    pub request_sig: i32,
+    /// Running in a Slurm task (images are removed when the program ends normally).
+    pub slurm: bool,
 }
+
+/// The job attempt this process belongs to (updated by a restore: the restored program
+/// runs in a newer attempt and must fence its predecessor's writers).
+pub static ATTEMPT: AtomicU32 = AtomicU32::new(0);
+/// Set once the manager runs.
+pub static ACTIVE: AtomicBool = AtomicBool::new(false);
+pub static SLURM: AtomicBool = AtomicBool::new(false);
+/// Set when SIGTERM arrived: the program is being stopped, keep its images.
+pub static TERMINATING: AtomicBool = AtomicBool::new(false);
+/// The program's image directory.
+pub static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Request counter bumped by the request signal handler, and the id it carried.
 pub static REQ: AtomicU32 = AtomicU32::new(0);
@@ -73,6 +87,7 @@ pub static TORPOR_RESTORE_INFO: Cell<RestoreInfo> = Cell(UnsafeCell::new(Restore
     restored: 0,
     unmap: [[0; 2]; 4],
     same_pids: 0,
+    attempt_plus1: 0,
 }));
 
 /// What the writer child needs, published through a pointer before the pause.
@@ -575,6 +590,11 @@ fn finish_restore(nthreads: usize) {
             }
         }
         IN_PIDNS.store(ri.same_pids as u32, SeqCst);
+        // The image may have been taken on SIGTERM; this run has not been asked to stop.
+        TERMINATING.store(false, SeqCst);
+        if ri.attempt_plus1 > 0 {
+            ATTEMPT.store((ri.attempt_plus1 - 1) as u32, SeqCst);
+        }
         ri.restored = 0;
     }
     RESUMED.store(0, SeqCst);
@@ -584,7 +604,7 @@ fn finish_restore(nthreads: usize) {
 /// One checkpoint round.
 pub fn checkpoint(cfg: &Config) -> Outcome {
     let store = Store::new(&cfg.dir);
-    let pending = match store.begin(cfg.attempt) {
+    let pending = match store.begin(ATTEMPT.load(SeqCst)) {
         Ok(p) => p,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
@@ -626,7 +646,7 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
         // SAFETY: getppid has no preconditions.
         ppid: unsafe { libc::getppid() },
         time_unix: 0.0,
-        attempt: cfg.attempt,
+        attempt: ATTEMPT.load(SeqCst),
         err_fd: pipe[1],
     };
     let agent_fds = [files_fd, task_fd, fd_dir, pipe[0], pipe[1]];

@@ -69,6 +69,8 @@ pub struct PlanHeader {
     pub itimers: [[u64; 2]; 3],
     /// 1: drop all capabilities in every thread before resuming (non-root restore).
     pub drop_caps: u64,
+    /// Job attempt of the restoring run plus one (0 = unknown), handed to the agent.
+    pub attempt_plus1: u64,
 }
 
 #[repr(C)]

@@ -68,6 +68,8 @@ pub struct RestoreInfo {
     pub unmap: [[u64; 2]; 4],
     /// 1 when original pids were restored (inside a user+pid namespace).
     pub same_pids: u64,
+    /// The job attempt of the restoring run, plus one (0 = unknown).
+    pub attempt_plus1: u64,
 }
 
 /// A POSIX timer as seen in the pause (ids from /proc/self/timers, times from

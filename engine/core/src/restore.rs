@@ -504,6 +504,11 @@ pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bo
         ntimers: timers.len() as u64,
         itimers,
         drop_caps: (same_pids && my_uid() != 0) as u64,
+        attempt_plus1: std::env::var("TORPOR_ATTEMPT")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|a| a + 1)
+            .unwrap_or(0),
         ..Default::default()
     };
     let mut off = std::mem::size_of::<PlanHeader>() as u64;
@@ -569,8 +574,10 @@ fn wait_and_mirror(child: i32, reap_all: bool) -> ! {
         libc::SIGUSR2,
         libc::SIGCONT,
         libc::SIGALRM,
-        60,
-        61,
+        std::env::var("TORPOR_SIGNAL")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(38),
     ] {
         // SAFETY: installs a handler that only calls kill.
         unsafe { libc::signal(sig, forward as *const () as usize) };

@@ -15,15 +15,49 @@ fn main() {
     }
 }
 
+/// In a Slurm task: if nothing usable can be restored, start the original command over
+/// (with restore disabled for it), so that the task still runs.
+fn start_fresh(cmd: &[std::ffi::OsString], why: &anyhow::Error) -> ! {
+    use std::os::unix::process::CommandExt;
+    eprintln!("torpor-restore: cannot resume: {why:#}");
+    let Some((prog, args)) = cmd.split_first() else {
+        std::process::exit(126)
+    };
+    eprintln!(
+        "torpor-restore: starting {} from the beginning",
+        prog.to_string_lossy()
+    );
+    let err = std::process::Command::new(prog)
+        .args(args)
+        .env("TORPOR_NO_RESTORE", "1")
+        .exec();
+    eprintln!(
+        "torpor-restore: cannot start {}: {err}",
+        prog.to_string_lossy()
+    );
+    std::process::exit(126)
+}
+
 fn run() -> Result<()> {
     let mut pids = PidMode::Auto;
     let mut verbose = std::env::var_os("TORPOR_VERBOSE").is_some();
     let mut path = None;
-    let mut args = std::env::args().skip(1);
+    let mut slurm = false;
+    let mut fresh_cmd: Vec<std::ffi::OsString> = Vec::new();
+    let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
+        let a = match a.into_string() {
+            Ok(s) => s,
+            Err(_) => bail!("arguments must be UTF-8 paths"),
+        };
         match a.as_str() {
+            "--slurm" => slurm = true,
+            "--" => {
+                fresh_cmd = args.by_ref().collect();
+                break;
+            }
             "--pids" => {
-                pids = match args.next().as_deref() {
+                pids = match args.next().and_then(|s| s.into_string().ok()).as_deref() {
                     Some("auto") => PidMode::Auto,
                     Some("original") => PidMode::Original,
                     Some("new") => PidMode::New,
@@ -40,7 +74,15 @@ fn run() -> Result<()> {
         }
     }
     let path = path.context("no image given (usage: torpor-restore [--pids MODE] PATH)")?;
-    let sel = restore::select(std::path::Path::new(&path))?;
+    let result = resume(&path, pids, verbose);
+    match result {
+        Err(e) if slurm => start_fresh(&fresh_cmd, &e),
+        other => other,
+    }
+}
+
+fn resume(path: &str, pids: PidMode, verbose: bool) -> Result<()> {
+    let sel = restore::select(std::path::Path::new(path))?;
     for s in &sel.skipped {
         eprintln!("torpor-restore: skipped {s}");
     }

@@ -610,6 +610,7 @@ unsafe extern "C" fn rmain(sp: *const u64) -> ! {
             *ri.add(5) = STACKS_ADDR;
             *ri.add(6) = STACKS_ADDR + stacks_len;
             *ri.add(9) = h.same_pids;
+            *ri.add(10) = h.attempt_plus1;
             *ri = 1;
         }
     }

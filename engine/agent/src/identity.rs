@@ -1,0 +1,175 @@
+//! Which process of a job is a checkpoint target, where its images live, and restarting
+//! it from its newest image when the job runs again.
+//!
+//! In a Slurm task the agent is preloaded into the whole process chain (the batch shell,
+//! srun, every command). The first process in a chain that is not a shell, a Slurm
+//! client or a torpor tool is the target; it marks its descendants inert. Its image
+//! directory is `<root>/<job>/<step>/<task>/<exe>-<hash>.<n>`, where the hash covers the
+//! executable and argv and `n` counts earlier runs of the same command in this step and
+//! attempt, so the rerun batch script maps each program to the same directory again.
+
+use std::ffi::{CString, OsString};
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Set in the target's environment so that its descendants stay inert.
+pub const INERT_VAR: &str = "TORPOR_INERT";
+
+/// Programs that are never checkpoint targets: shells (the batch script reruns from the
+/// top anyway), Slurm's clients and torpor's own tools.
+const SKIP: &[&str] = &[
+    "bash",
+    "sh",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "tcsh",
+    "csh",
+    "fish",
+    "env",
+    "srun",
+    "sbatch",
+    "salloc",
+    "scontrol",
+    "squeue",
+    "scancel",
+    "sacct",
+    "sinfo",
+    "sstat",
+    "sattach",
+    "sbcast",
+    "sprio",
+    "sshare",
+    "strigger",
+    "torpor",
+    "torpor-restore",
+    "slurmstepd",
+];
+
+/// The executable's base name (from /proc/self/exe, not argv[0]).
+pub fn exe_name() -> String {
+    fs::read_link("/proc/self/exe")
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
+/// Whether this process is skipped by name.
+pub fn skipped(exe: &str) -> bool {
+    SKIP.contains(&exe)
+}
+
+fn fnv64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.iter().chain(std::iter::once(&0u8)) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// `<exe>-<hash of exe path and argv>`.
+pub fn program_key(exe: &str) -> String {
+    let path = fs::read_link("/proc/self/exe").unwrap_or_default();
+    let cmdline = fs::read("/proc/self/cmdline").unwrap_or_default();
+    let safe: String = exe
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!(
+        "{safe}-{:08x}",
+        fnv64(&[path.as_os_str().as_bytes(), &cmdline]) as u32
+    )
+}
+
+fn mkdir_private(p: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(p)
+}
+
+/// The image directory of this program in a Slurm task, claiming the next occurrence.
+pub fn slurm_program_dir(
+    root: &Path,
+    job: &str,
+    step: &str,
+    task: &str,
+    attempt: u32,
+    exe: &str,
+) -> std::io::Result<PathBuf> {
+    let task_dir = root.join(job).join(step).join(task);
+    let claims = task_dir.join(format!(".claims-{attempt}"));
+    mkdir_private(&claims)?;
+    let key = program_key(exe);
+    for n in 0..10_000u32 {
+        let name = format!("{key}.{n}");
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(claims.join(&name))
+        {
+            Ok(_) => return Ok(task_dir.join(name)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("too many runs of the same command"))
+}
+
+/// Whether `dir` holds at least one complete generation.
+pub fn has_generation(dir: &Path) -> bool {
+    torpor_image::store::Store::new(dir)
+        .generations()
+        .map(|g| !g.is_empty())
+        .unwrap_or(false)
+}
+
+/// Replaces this process with the restorer for `dir` (same pid, same stdio). The
+/// original command follows `--` so that the restorer can start it fresh if no image
+/// is usable. Returns only if the exec failed.
+pub fn exec_restorer(restorer: &Path, dir: &Path) -> std::io::Error {
+    let mut list: Vec<OsString> = vec![
+        "torpor-restore".into(),
+        "--slurm".into(),
+        dir.as_os_str().to_owned(),
+        "--".into(),
+        fs::read_link("/proc/self/exe")
+            .unwrap_or_default()
+            .into_os_string(),
+    ];
+    let cmdline = fs::read("/proc/self/cmdline").unwrap_or_default();
+    list.extend(
+        cmdline
+            .split(|&b| b == 0)
+            .skip(1)
+            .map(|a| OsString::from(std::ffi::OsStr::from_bytes(a))),
+    );
+    if cmdline.ends_with(&[0]) && list.len() > 5 {
+        list.pop(); // the empty piece after the final NUL
+    }
+    let args: Vec<CString> = list
+        .iter()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let Ok(path) = CString::new(restorer.as_os_str().as_bytes()) else {
+        return std::io::Error::other("restorer path contains NUL");
+    };
+    // SAFETY: execv with NUL-terminated strings and a NULL-terminated argv; the
+    // environment (with LD_PRELOAD and TORPOR_*) is inherited.
+    unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+    std::io::Error::last_os_error()
+}

@@ -1,0 +1,126 @@
+//! SIGTERM interposition: the agent keeps its own SIGTERM handler so that a preempted,
+//! requeued or cancelled job takes a final checkpoint inside the grace time. The
+//! program's own SIGTERM disposition is recorded here instead of installed, and applied
+//! exactly once the final checkpoint is durable: default (die of SIGTERM), ignore, or
+//! its handler (installed, then the signal raised again).
+//!
+//! `sigaction` and `signal` are exported so that they override glibc's for the whole
+//! process; every other signal passes straight through.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
+
+use crate::sys;
+
+type SigactionFn = unsafe extern "C" fn(i32, *const libc::sigaction, *mut libc::sigaction) -> i32;
+
+static REAL: AtomicUsize = AtomicUsize::new(0);
+/// True while the agent owns SIGTERM.
+pub static OWN_TERM: AtomicBool = AtomicBool::new(false);
+/// Bumped by the agent's SIGTERM handler.
+pub static TERM: AtomicU32 = AtomicU32::new(0);
+
+struct Saved(UnsafeCell<libc::sigaction>);
+// SAFETY: written only inside `sigaction` calls for SIGTERM made by the program, which
+// POSIX does not make thread-safe against each other either; read by the manager.
+unsafe impl Sync for Saved {}
+// SAFETY: all-zero is SIG_DFL with an empty mask.
+static APP_TERM: Saved = Saved(UnsafeCell::new(unsafe { std::mem::zeroed() }));
+
+fn real() -> SigactionFn {
+    let mut f = REAL.load(SeqCst);
+    if f == 0 {
+        // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds glibc's sigaction.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaction".as_ptr()) } as usize;
+        REAL.store(f, SeqCst);
+    }
+    // SAFETY: glibc's sigaction has exactly this signature.
+    unsafe { std::mem::transmute::<usize, SigactionFn>(f) }
+}
+
+/// Calls glibc's sigaction, bypassing the interposition.
+pub fn real_sigaction(sig: i32, act: *const libc::sigaction, old: *mut libc::sigaction) -> i32 {
+    // SAFETY: forwards the caller's pointers unchanged.
+    unsafe { real()(sig, act, old) }
+}
+
+extern "C" fn on_term(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    TERM.fetch_add(1, SeqCst);
+    sys::futex_wake(&crate::manager::REQ, 1);
+}
+
+/// Takes SIGTERM over, remembering what the program had set so far.
+pub fn own_sigterm() {
+    real(); // resolve while the process is still single-threaded
+            // SAFETY: reads the current action into APP_TERM, then installs ours.
+    unsafe {
+        real_sigaction(libc::SIGTERM, std::ptr::null(), APP_TERM.0.get());
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_term as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigfillset(&mut sa.sa_mask);
+        if real_sigaction(libc::SIGTERM, &sa, std::ptr::null_mut()) == 0 {
+            OWN_TERM.store(true, SeqCst);
+        }
+    }
+}
+
+/// After the final checkpoint: do what the program asked for on SIGTERM.
+pub fn apply_program_sigterm() {
+    OWN_TERM.store(false, SeqCst);
+    // SAFETY: APP_TERM holds a complete sigaction recorded from the program.
+    let app = unsafe { *APP_TERM.0.get() };
+    if app.sa_sigaction == libc::SIG_IGN {
+        OWN_TERM.store(true, SeqCst); // keep ours: the program ignores SIGTERM anyway
+        return;
+    }
+    real_sigaction(libc::SIGTERM, &app, std::ptr::null_mut());
+    // SAFETY: raise SIGTERM for the process; the program's disposition handles it.
+    unsafe { libc::kill(sys::getpid(), libc::SIGTERM) };
+}
+
+/// Interposed `sigaction`.
+///
+/// # Safety
+/// Same contract as POSIX `sigaction`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigaction(
+    sig: i32,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> i32 {
+    if sig == libc::SIGTERM && OWN_TERM.load(SeqCst) {
+        // SAFETY: pointers per the caller's contract; APP_TERM is ours.
+        unsafe {
+            if !old.is_null() {
+                *old = *APP_TERM.0.get();
+            }
+            if !act.is_null() {
+                *APP_TERM.0.get() = *act;
+            }
+        }
+        return 0;
+    }
+    real_sigaction(sig, act, old)
+}
+
+/// Interposed `signal` (glibc semantics: BSD, SA_RESTART).
+///
+/// # Safety
+/// Same contract as C `signal`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn signal(sig: i32, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: builds a plain sigaction and forwards to the interposed sigaction.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        let mut old: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaddset(&mut sa.sa_mask, sig);
+        if sigaction(sig, &sa, &mut old) != 0 {
+            return libc::SIG_ERR;
+        }
+        old.sa_sigaction
+    }
+}
