@@ -166,13 +166,25 @@ fn install(sig: i32, h: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_vo
 /// the batch script runs a finished program again from the start). Kept when the exit
 /// follows a SIGTERM (the program may exit in its own handler while being preempted).
 extern "C" fn at_exit() {
-    if manager::SLURM.load(SeqCst)
-        && manager::ACTIVE.load(SeqCst)
-        && !manager::TERMINATING.load(SeqCst)
+    if !(manager::SLURM.load(SeqCst) && manager::ACTIVE.load(SeqCst))
+        || manager::TERMINATING.load(SeqCst)
     {
-        if let Some(d) = manager::DIR.get() {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        return;
+    }
+    manager::EXITING.store(true, SeqCst);
+    // A round in flight would recreate the directory: stop its writer and let the
+    // manager abort the round before removing everything.
+    let fd = manager::WRITER_PIDFD.load(SeqCst);
+    if fd >= 0 {
+        // SAFETY: pidfd_send_signal on our own writer child.
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, 0usize, 0u32) };
+    }
+    let t0 = sys::now_ns();
+    while manager::BUSY.load(SeqCst) && sys::now_ns() - t0 < 5_000_000_000 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    if let Some(d) = manager::DIR.get() {
+        let _ = std::fs::remove_dir_all(d);
     }
 }
 
@@ -278,6 +290,9 @@ fn manager_main(mut cfg: Config) {
 
 /// Writes `status.json` next to the generations and logs failures on stderr.
 fn report(cfg: &Config, request: i32, out: &Outcome) {
+    if manager::EXITING.load(SeqCst) {
+        return; // the program is ending normally; its images are being removed
+    }
     let status = match out {
         Outcome::Committed {
             generation,

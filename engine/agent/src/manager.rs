@@ -46,6 +46,12 @@ pub static SLURM: AtomicBool = AtomicBool::new(false);
 pub static TERMINATING: AtomicBool = AtomicBool::new(false);
 /// The program's image directory.
 pub static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// A checkpoint round is in progress.
+pub static BUSY: AtomicBool = AtomicBool::new(false);
+/// The program is exiting: start no more rounds.
+pub static EXITING: AtomicBool = AtomicBool::new(false);
+/// pidfd of the running writer child, -1 if none.
+pub static WRITER_PIDFD: AtomicI32 = AtomicI32::new(-1);
 
 /// Request counter bumped by the request signal handler, and the id it carried.
 pub static REQ: AtomicU32 = AtomicU32::new(0);
@@ -277,6 +283,16 @@ fn snapshot_fds(fd_dir: i32, exclude: &[i32], files_fd: i32, limit: u64) -> usiz
             && acc != libc::O_RDONLY
             && s.flags & libc::O_APPEND == 0
             && !(acc == libc::O_WRONLY && s.offset == s.size);
+        // In a Slurm task the job's output files are put back on restart (Slurm truncates
+        // them when the job runs again), so their contents go with the generation.
+        let stdio_copy = is_reg && fd <= 2 && acc != libc::O_RDONLY && SLURM.load(SeqCst);
+        if stdio_copy {
+            s.captured = if (s.size as u64) <= limit && copy_file(fd, files_fd, s.size as u64) {
+                1
+            } else {
+                -1
+            };
+        }
         if needs_copy {
             s.captured = if (s.size as u64) <= limit && copy_file(fd, files_fd, s.size as u64) {
                 1
@@ -603,6 +619,16 @@ fn finish_restore(nthreads: usize) {
 
 /// One checkpoint round.
 pub fn checkpoint(cfg: &Config) -> Outcome {
+    if EXITING.load(SeqCst) {
+        return Outcome::Failed("the program is exiting".into());
+    }
+    BUSY.store(true, SeqCst);
+    let out = checkpoint_round(cfg);
+    BUSY.store(false, SeqCst);
+    out
+}
+
+fn checkpoint_round(cfg: &Config) -> Outcome {
     let store = Store::new(&cfg.dir);
     let pending = match store.begin(ATTEMPT.load(SeqCst)) {
         Ok(p) => p,
@@ -698,6 +724,7 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
     };
     release();
     let pause_ns = sys::now_ns() - t0;
+    WRITER_PIDFD.store(pidfd, SeqCst);
     // ---- running again ----
     close(pipe[1]);
     let result = if pid < 0 {
@@ -715,6 +742,7 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
                 libc::WEXITED | libc::__WALL,
             )
         };
+        WRITER_PIDFD.store(-1, SeqCst);
         close(pidfd);
         // SAFETY: filled by waitid for an exited child.
         let status = unsafe { info.si_status() };

@@ -330,7 +330,11 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
     };
     if s.fd <= 2 {
         m.kind = FdKind::Stdio;
-        m.file = None;
+        if s.captured == 1 {
+            m.captured = Some(format!("files/fd-{}", s.fd));
+        } else {
+            m.file = None;
+        }
         return Ok(m);
     }
     let fmt = s.mode & libc::S_IFMT;

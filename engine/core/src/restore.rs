@@ -799,6 +799,44 @@ fn move_above(fd: OwnedFd, min: i32, cloexec: bool) -> Result<i32, RestoreError>
     Ok(n)
 }
 
+/// In a batch job, Slurm truncates the output file when the job runs again (unless
+/// --open-mode=append, where the dead run's later output remains). Puts a captured
+/// stdout/stderr file back to its contents at the checkpoint, so the job's output reads
+/// like an uninterrupted run's: what the rerun script printed before reaching the
+/// program is in the saved copy too, and what the program prints next follows it.
+fn put_back_output(meta: &ProcessMeta, gen_dir: &Path, verbose: bool) -> Result<(), RestoreError> {
+    let mut done: Vec<String> = Vec::new();
+    for f in meta.fds.iter().filter(|f| f.kind == FdKind::Stdio) {
+        let (Some(cap), Some(id)) = (&f.captured, f.file) else {
+            continue;
+        };
+        let now = fs::read_link(format!("/proc/self/fd/{}", f.fd))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if now != f.path {
+            continue; // launched with different output: leave it alone
+        }
+        if !done.contains(&f.path) {
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .open(&f.path)
+                .map_err(ioe(f.path.clone()))?;
+            copy_into(&gen_dir.join(cap), &mut out)?;
+            out.set_len(id.size).map_err(ioe(f.path.clone()))?;
+            done.push(f.path.clone());
+            if verbose {
+                eprintln!(
+                    "torpor-restore: output {} put back to {} bytes",
+                    f.path, id.size
+                );
+            }
+        }
+        // SAFETY: moves the inherited descriptor's offset to the end of the restored output.
+        unsafe { libc::lseek(f.fd, id.size as i64, libc::SEEK_SET) };
+    }
+    Ok(())
+}
+
 /// Restores the selected image in this process. Returns only on failure before the
 /// point of no return.
 pub fn restore(
@@ -806,9 +844,13 @@ pub fn restore(
     stage2: &[u8],
     pids: PidMode,
     verbose: bool,
+    slurm: bool,
 ) -> Result<std::convert::Infallible, RestoreError> {
     let meta = sel.reader.meta().clone();
     check_compat(&meta)?;
+    if slurm {
+        put_back_output(&meta, &sel.gen_dir, verbose)?;
+    }
     // Shared writable file mappings: put the file back as it was at the checkpoint.
     for r in &meta.regions {
         if let Some(cap) = &r.captured {

@@ -74,14 +74,14 @@ fn run() -> Result<()> {
         }
     }
     let path = path.context("no image given (usage: torpor-restore [--pids MODE] PATH)")?;
-    let result = resume(&path, pids, verbose);
+    let result = resume(&path, pids, verbose, slurm);
     match result {
         Err(e) if slurm => start_fresh(&fresh_cmd, &e),
         other => other,
     }
 }
 
-fn resume(path: &str, pids: PidMode, verbose: bool) -> Result<()> {
+fn resume(path: &str, pids: PidMode, verbose: bool, slurm: bool) -> Result<()> {
     let sel = restore::select(std::path::Path::new(path))?;
     for s in &sel.skipped {
         eprintln!("torpor-restore: skipped {s}");
@@ -89,7 +89,7 @@ fn resume(path: &str, pids: PidMode, verbose: bool) -> Result<()> {
     if !sel.skipped.is_empty() || verbose {
         eprintln!("torpor-restore: using {}", sel.gen_dir.display());
     }
-    let err = match restore::restore(sel, STAGE2, pids, verbose) {
+    let err = match restore::restore(sel, STAGE2, pids, verbose, slurm) {
         Ok(never) => match never {},
         Err(e) => e,
     };
