@@ -47,8 +47,10 @@ pub fn find_target(pid: i32) -> Result<(i32, PathBuf)> {
 }
 
 fn send(pid: i32, id: i32) -> Result<()> {
+    // Only USR1, USR2 or a real-time signal other than the agent's park signal (61).
     let sig = env_of(pid, "TORPOR_SIGNAL")
         .and_then(|s| s.parse().ok())
+        .filter(|&s: &i32| (34..=64).contains(&s) && s != 61 || s == 10 || s == 12)
         .unwrap_or(REQUEST_SIGNAL);
     let val = libc::sigval {
         sival_ptr: id as usize as *mut libc::c_void,

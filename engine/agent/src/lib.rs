@@ -193,7 +193,18 @@ extern "C" fn at_exit() {
 static FINI: extern "C" fn() = at_exit;
 
 fn start() {
-    let Some(cfg) = config_from_env() else { return };
+    let Some(cfg) = config_from_env() else {
+        // Not a target. In a checkpointed Slurm job, a shell or wrapper that is not
+        // checkpointed itself still must not die before its children's final checkpoints.
+        if env_str("TORPOR_CONTEXT").as_deref() == Some("slurm")
+            && std::env::var_os("TORPOR_DIR").is_some()
+            && std::env::var_os(identity::INERT_VAR).is_none()
+        {
+            let grace = env_u64("TORPOR_GRACE_SECS").unwrap_or(10);
+            sigwrap::keep_term_for_children(grace * 1_000_000_000);
+        }
+        return;
+    };
     // Descendants of a target stay inert (process trees are checkpointed as a whole only
     // once tree support lands).
     // SAFETY: constructors run before the program's threads exist.

@@ -111,6 +111,7 @@ struct ChildArgs {
     time_unix: f64,
     attempt: u32,
     err_fd: i32,
+    capture_limit: u64,
 }
 static CHILD_ARGS: AtomicPtr<ChildArgs> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -390,10 +391,11 @@ fn scan_timers() -> Vec<TimerSnap> {
                 t.signo = n.trim().parse().unwrap_or(0);
                 t.value = u64::from_str_radix(val.trim(), 16).unwrap_or(0);
             } else if let Some(n) = line.strip_prefix("notify: ") {
+                // "signal/pid.N", "signal/tid.N" (SIGEV_THREAD_ID), "none/pid.N".
                 let (kind, who) = n.split_once('/').unwrap_or((n, ""));
                 t.notify = match kind {
-                    "thread" => 4,
                     "none" => 1,
+                    _ if who.starts_with("tid.") => 4,
                     _ => 0,
                 };
                 t.tid = who
@@ -571,6 +573,7 @@ fn child_write(a: &ChildArgs, ws: u64, we: u64) -> Result<(), String> {
         attempt: a.attempt,
         time_unix: a.time_unix,
         in_restore_pidns: IN_PIDNS.load(SeqCst) != 0,
+        capture_limit: a.capture_limit,
     };
     let cap = capture::write_process_image(pending, &input).map_err(|e| e.to_string())?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -674,6 +677,7 @@ fn checkpoint_round(cfg: &Config) -> Outcome {
         time_unix: 0.0,
         attempt: ATTEMPT.load(SeqCst),
         err_fd: pipe[1],
+        capture_limit: cfg.capture_limit,
     };
     let agent_fds = [files_fd, task_fd, fd_dir, pipe[0], pipe[1]];
     let cleanup = |pending: Pending| {

@@ -124,3 +124,108 @@ pub unsafe extern "C" fn signal(sig: i32, handler: libc::sighandler_t) -> libc::
         old.sa_sigaction
     }
 }
+
+/// Live (non-zombie) children of this process, read from /proc with stack buffers only.
+fn live_children() -> usize {
+    let mut path = [0u8; 64];
+    let mut nb = [0u8; 24];
+    let tid = sys::itoa(sys::gettid() as u64, &mut nb);
+    let mut n = 0;
+    for part in [
+        b"/proc/self/task/".as_slice(),
+        tid,
+        b"/children\0".as_slice(),
+    ] {
+        path[n..n + part.len()].copy_from_slice(part);
+        n += part.len();
+    }
+    let mut buf = [0u8; 4096];
+    let len = read_small(&path, &mut buf);
+    let mut live = 0;
+    for pid in buf[..len].split(|&b| b == b' ').filter(|p| !p.is_empty()) {
+        let mut sp = [0u8; 48];
+        let mut k = 0;
+        for part in [b"/proc/".as_slice(), pid, b"/stat\0".as_slice()] {
+            sp[k..k + part.len()].copy_from_slice(part);
+            k += part.len();
+        }
+        let mut st = [0u8; 512];
+        let l = read_small(&sp, &mut st);
+        // The state follows the last ") ".
+        let state = st[..l]
+            .windows(2)
+            .rposition(|w| w == b") ")
+            .and_then(|i| st.get(i + 2).copied());
+        if matches!(state, Some(s) if s != b'Z' && s != b'X') {
+            live += 1;
+        }
+    }
+    live
+}
+
+fn read_small(path: &[u8], buf: &mut [u8]) -> usize {
+    // SAFETY: path is NUL-terminated; reads into the caller's buffer.
+    unsafe {
+        let fd = libc::open(
+            path.as_ptr() as *const libc::c_char,
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return 0;
+        }
+        let r = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+        libc::close(fd);
+        r.max(0) as usize
+    }
+}
+
+static GRACE_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10_000_000_000);
+
+/// SIGTERM in a process that is not itself checkpointed (the batch shell, `env`,
+/// srun): Slurm kills the whole step as soon as the batch shell dies, so hold the death
+/// until the children (whose agents are taking their final checkpoints) have exited or
+/// the grace time passed, then do what the process itself asked for. Signal-safe.
+extern "C" fn on_term_keeper(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    let t0 = sys::now_ns();
+    let grace = GRACE_NS.load(SeqCst);
+    while live_children() > 0 && sys::now_ns() - t0 < grace {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 5_000_000,
+        };
+        // SAFETY: nanosleep is async-signal-safe.
+        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+    }
+    OWN_TERM.store(false, SeqCst);
+    // SAFETY: APP_TERM holds the process's own SIGTERM action.
+    let app = unsafe { *APP_TERM.0.get() };
+    if app.sa_sigaction == libc::SIG_IGN {
+        OWN_TERM.store(true, SeqCst);
+        return;
+    }
+    real_sigaction(libc::SIGTERM, &app, std::ptr::null_mut());
+    // SAFETY: SIGTERM is blocked while this handler runs; it is delivered again (to the
+    // process's own disposition) when the handler returns.
+    unsafe { libc::kill(sys::getpid(), libc::SIGTERM) };
+}
+
+/// Installs the SIGTERM keeper in a process of a checkpointed job that is not a target.
+pub fn keep_term_for_children(grace_ns: u64) {
+    GRACE_NS.store(grace_ns, SeqCst);
+    real();
+    // SAFETY: records the current action, then installs the keeper.
+    unsafe {
+        real_sigaction(libc::SIGTERM, std::ptr::null(), APP_TERM.0.get());
+        if (*APP_TERM.0.get()).sa_sigaction == libc::SIG_IGN {
+            return; // it ignores SIGTERM: nothing to hold
+        }
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_term_keeper as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaddset(&mut sa.sa_mask, libc::SIGTERM);
+        if real_sigaction(libc::SIGTERM, &sa, std::ptr::null_mut()) == 0 {
+            OWN_TERM.store(true, SeqCst);
+        }
+    }
+}

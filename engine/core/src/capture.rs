@@ -40,6 +40,8 @@ pub enum CaptureError {
         target: String,
         why: &'static str,
     },
+    #[error("{path} (fd {fd}) is written by the program and could not be saved with the generation (over the site's capture limit of {limit} bytes, or the copy failed); the previous generation stays the newest")]
+    NotCaptured { fd: i32, path: String, limit: u64 },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -70,6 +72,8 @@ pub struct CaptureInput<'a> {
     pub attempt: u32,
     pub time_unix: f64,
     pub in_restore_pidns: bool,
+    /// The site's limit on file contents copied into a generation (for messages).
+    pub capture_limit: u64,
 }
 
 /// Result of writing one process image.
@@ -522,6 +526,13 @@ pub fn write_process_image(
                 }
             }
         }
+        if s.captured == -1 && s.fd > 2 {
+            return Err(CaptureError::NotCaptured {
+                fd: s.fd,
+                path: read_link(&format!("/proc/self/fd/{}", s.fd)),
+                limit: inp.capture_limit,
+            });
+        }
         let mut m = fd_meta(s)?;
         if m.kind == FdKind::Deleted && m.captured.is_none() {
             save_deleted(pending, s.fd)?;
@@ -640,6 +651,24 @@ pub fn write_process_image(
             .collect(),
         itimers: inp.itimers.to_vec(),
     };
+    // The copies made during the pause must be durable before the generation commits.
+    let copies = meta
+        .fds
+        .iter()
+        .filter_map(|f| f.captured.clone())
+        .chain(meta.regions.iter().filter_map(|r| r.captured.clone()));
+    for name in copies {
+        let p = pending.path().join(&name);
+        File::open(&p)
+            .and_then(|f| f.sync_all())
+            .map_err(proc_err(p.display().to_string()))?;
+    }
+    let files_dir = pending.path().join("files");
+    if files_dir.is_dir() {
+        File::open(&files_dir)
+            .and_then(|f| f.sync_all())
+            .map_err(proc_err(files_dir.display().to_string()))?;
+    }
     let pages = sink.pages;
     let file = sink.w.finish(&mut meta)?;
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);

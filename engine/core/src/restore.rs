@@ -577,6 +577,7 @@ fn wait_and_mirror(child: i32, reap_all: bool) -> ! {
         std::env::var("TORPOR_SIGNAL")
             .ok()
             .and_then(|s| s.parse().ok())
+            .filter(|&s: &i32| (34..=64).contains(&s) && s != 61 || s == 10 || s == 12)
             .unwrap_or(38),
     ] {
         // SAFETY: installs a handler that only calls kill.
@@ -657,7 +658,11 @@ fn enter_pid_namespace(orig_pid: i32) -> Result<(), String> {
         close_all_but_stdio();
         wait_and_mirror(init, false);
     }
-    // Pid 1 of the new namespace. Give it its own /proc so tids read there are ours.
+    // Pid 1 of the new namespace: if the waiting task process is killed (Slurm kills the
+    // pid it tracks), take the namespace down with it.
+    // SAFETY: prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // Give it its own /proc so tids read there are ours.
     // SAFETY: mount calls with NUL-terminated strings, in our own mount namespace.
     unsafe {
         libc::mount(
@@ -850,6 +855,12 @@ pub fn restore(
     check_compat(&meta)?;
     if slurm {
         put_back_output(&meta, &sel.gen_dir, verbose)?;
+    }
+    for s in &sel.skipped {
+        eprintln!("torpor-restore: skipped {s}");
+    }
+    if !sel.skipped.is_empty() || verbose {
+        eprintln!("torpor-restore: using {}", sel.gen_dir.display());
     }
     // Shared writable file mappings: put the file back as it was at the checkpoint.
     for r in &meta.regions {

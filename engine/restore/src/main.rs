@@ -83,12 +83,8 @@ fn run() -> Result<()> {
 
 fn resume(path: &str, pids: PidMode, verbose: bool, slurm: bool) -> Result<()> {
     let sel = restore::select(std::path::Path::new(path))?;
-    for s in &sel.skipped {
-        eprintln!("torpor-restore: skipped {s}");
-    }
-    if !sel.skipped.is_empty() || verbose {
-        eprintln!("torpor-restore: using {}", sel.gen_dir.display());
-    }
+    // Messages are printed by restore() once the job's output file has been put back
+    // (printing them now would be erased with it).
     let err = match restore::restore(sel, STAGE2, pids, verbose, slurm) {
         Ok(never) => match never {},
         Err(e) => e,
