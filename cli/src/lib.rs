@@ -66,6 +66,9 @@ pub enum Cmd {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
+    // Like other Unix tools: a closed pipe (`torpor inspect X | head`) ends us quietly.
+    // SAFETY: restoring the default SIGPIPE action has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run {
