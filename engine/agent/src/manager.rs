@@ -620,8 +620,47 @@ fn finish_restore(nthreads: usize) {
     release();
 }
 
+/// State the forked writer cannot see or the restorer cannot recreate: refuse the
+/// checkpoint, naming it, rather than write an image that restores wrong.
+fn unsupported_state() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(v) = status.lines().find_map(|l| l.strip_prefix("Seccomp:")) {
+        if v.trim() != "0" {
+            return Some("the process runs under a seccomp filter, which cannot be saved".into());
+        }
+    }
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut current = "";
+    for line in smaps.lines() {
+        if line
+            .as_bytes()
+            .first()
+            .is_some_and(|b| b.is_ascii_hexdigit())
+            && line.contains('-')
+        {
+            current = line;
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let f: Vec<&str> = flags.split_whitespace().collect();
+            let what = if f.contains(&"dc") {
+                "MADV_DONTFORK"
+            } else if f.contains(&"wf") {
+                "MADV_WIPEONFORK"
+            } else {
+                continue;
+            };
+            return Some(format!(
+                "memory marked {what} is not supported yet: {current}"
+            ));
+        }
+    }
+    None
+}
+
 /// One checkpoint round.
 pub fn checkpoint(cfg: &Config) -> Outcome {
+    if let Some(why) = unsupported_state() {
+        return Outcome::Failed(why);
+    }
     if EXITING.load(SeqCst) {
         return Outcome::Failed("the program is exiting".into());
     }
