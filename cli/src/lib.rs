@@ -1,6 +1,7 @@
 //! The `torpor` command: argument parsing and dispatch to one module per verb.
 
 pub mod checkpoint;
+pub mod gc;
 pub mod inspect;
 pub mod paths;
 pub mod run;
@@ -55,6 +56,20 @@ pub enum Cmd {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Remove the images of jobs that ended for good (dry run unless --yes).
+    Gc {
+        /// Image root(s), e.g. /scratch/torpor (per-user subdirectories are scanned too).
+        #[arg(long = "root", required = true)]
+        roots: Vec<PathBuf>,
+        /// Really remove (default: only report what would be removed).
+        #[arg(long)]
+        yes: bool,
+        /// Keep directories modified within this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        min_age: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what an image holds.
     Inspect {
         /// A program's image directory, a generation directory, or an image file.
@@ -84,6 +99,12 @@ pub fn main() -> i32 {
             verbose,
         } => run::restore(&path, &pids, verbose),
         Cmd::Inspect { path, json } => inspect::inspect(&path, json),
+        Cmd::Gc {
+            roots,
+            yes,
+            min_age,
+            json,
+        } => gc::gc(&roots, yes, min_age, json),
     };
     match r {
         Ok(code) => code,
