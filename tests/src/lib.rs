@@ -3,5 +3,6 @@
 
 pub mod cases;
 pub mod cluster;
+pub mod resume;
 
 pub use cluster::{Cluster, ClusterOptions, HarnessError, JobId, Out};
