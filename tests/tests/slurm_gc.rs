@@ -34,7 +34,9 @@ fn gc(c: &Cluster, extra: &[&str]) -> String {
     let root = c.images_dir().display().to_string();
     let mut args = vec!["gc", "--root", root.as_str(), "--min-age", "0"];
     args.extend_from_slice(extra);
-    let out = c.root_cmd(torpor.to_str().unwrap(), &args).unwrap();
+    let out = c
+        .root_cmd(&torpor.display().to_string(), &args)
+        .expect("running torpor gc");
     assert!(out.ok(), "torpor gc failed: {}", out.stderr);
     out.stdout
 }

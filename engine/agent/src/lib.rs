@@ -3,9 +3,11 @@
 //! the manager thread that takes checkpoints on an interval or on request.
 
 mod alloc;
+mod fds;
 mod identity;
 mod manager;
 mod park;
+mod prescan;
 mod sigwrap;
 mod sys;
 

@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, 
 
 use torpor_engine::capture::{self, CaptureInput};
 
-use torpor_engine::records::{FdSnap, RestoreInfo, TimerSnap};
+use torpor_engine::records::{RestoreInfo, TimerSnap};
 use torpor_image::store::{Manifest, Pending, Store};
 
+use crate::fds::{copy_path, for_each_num, snapshot_fds, snapshot_locks, FDS, LOCKS};
 use crate::park::{self, MAX_THREADS, PARKED, RELEASE, RESUMED, SLOT, THREADS};
+use crate::prescan::{scan_shared_maps, scan_timers, snapshot_timers, unsupported_state};
 use crate::{alloc, sys};
 
-/// Most fds captured.
-pub const MAX_FDS: usize = 1024;
 /// How long to wait for threads to park before giving up on a checkpoint.
 const STOP_TIMEOUT_NS: u64 = 10_000_000_000;
 
@@ -64,27 +64,11 @@ pub static WSEG_END: AtomicU64 = AtomicU64::new(0);
 /// Set after a restore into a fresh pid namespace.
 static IN_PIDNS: AtomicU32 = AtomicU32::new(0);
 
-pub struct Cell<T>(UnsafeCell<T>);
+pub struct Cell<T>(pub(crate) UnsafeCell<T>);
 // SAFETY: these buffers are used by the manager thread only (and by its forked child,
 // which is a separate process).
 unsafe impl<T> Sync for Cell<T> {}
 
-static FDS: Cell<[FdSnap; MAX_FDS]> = Cell(UnsafeCell::new(
-    [FdSnap {
-        fd: 0,
-        flags: 0,
-        fdflags: 0,
-        mode: 0,
-        offset: 0,
-        size: 0,
-        dev: 0,
-        ino: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        captured: 0,
-    }; MAX_FDS],
-));
-static DIRBUF: Cell<[u8; 16384]> = Cell(UnsafeCell::new([0; 16384]));
 static SIGNALLED: Cell<[i32; MAX_THREADS]> = Cell(UnsafeCell::new([0; MAX_THREADS]));
 
 /// Filled by the restorer in a restored process.
@@ -103,6 +87,7 @@ struct ChildArgs {
     nfds: usize,
     timers: *const TimerSnap,
     ntimers: usize,
+    nlocks: usize,
     itimers: [(u64, u64); 3],
     patch: *mut u8,
     patch_len: usize,
@@ -127,7 +112,7 @@ pub enum Outcome {
     Restored,
 }
 
-fn sys_open(path: &[u8], flags: i32) -> i32 {
+pub(crate) fn sys_open(path: &[u8], flags: i32) -> i32 {
     // SAFETY: path is NUL-terminated by every caller.
     unsafe {
         libc::open(
@@ -137,47 +122,10 @@ fn sys_open(path: &[u8], flags: i32) -> i32 {
     }
 }
 
-fn close(fd: i32) {
+pub(crate) fn close(fd: i32) {
     if fd >= 0 {
         // SAFETY: closing an fd the agent opened.
         unsafe { libc::close(fd) };
-    }
-}
-
-/// Calls `f` with each numeric entry of an open /proc directory. No allocation.
-fn for_each_num(dirfd: i32, mut f: impl FnMut(i32)) {
-    // SAFETY: dirfd is a directory the manager opened; the buffer is manager-only.
-    unsafe {
-        libc::lseek(dirfd, 0, libc::SEEK_SET);
-        let buf = &mut *DIRBUF.0.get();
-        loop {
-            let n = libc::syscall(libc::SYS_getdents64, dirfd, buf.as_mut_ptr(), buf.len());
-            if n <= 0 {
-                break;
-            }
-            let mut off = 0usize;
-            while off < n as usize {
-                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-                let name = &buf[off + 19..off + reclen];
-                let mut v: i64 = 0;
-                let mut ok = false;
-                for &c in name {
-                    if c == 0 {
-                        break;
-                    }
-                    if !c.is_ascii_digit() {
-                        ok = false;
-                        break;
-                    }
-                    v = v * 10 + (c - b'0') as i64;
-                    ok = true;
-                }
-                if ok {
-                    f(v as i32);
-                }
-                off += reclen;
-            }
-        }
     }
 }
 
@@ -242,241 +190,6 @@ fn stop_all(task_fd: i32, sig: i32) -> Result<(), &'static str> {
 fn release() {
     RELEASE.store(park::GEN.load(SeqCst), SeqCst);
     sys::futex_wake(&RELEASE, i32::MAX);
-}
-
-/// Records every open fd except the agent's own; copies written files into the
-/// generation. Runs while the program is paused: no allocation.
-fn snapshot_fds(fd_dir: i32, exclude: &[i32], files_fd: i32, limit: u64) -> usize {
-    // SAFETY: manager-only table.
-    let fds = unsafe { &mut *FDS.0.get() };
-    let mut n = 0usize;
-    for_each_num(fd_dir, |fd| {
-        if exclude.contains(&fd) || n >= MAX_FDS {
-            return;
-        }
-        let s = &mut fds[n];
-        *s = FdSnap {
-            fd,
-            ..FdSnap::default()
-        };
-        // SAFETY: fcntl/fstat/lseek on an fd number; st is a local out-parameter.
-        unsafe {
-            s.flags = libc::fcntl(fd, libc::F_GETFL);
-            if s.flags < 0 {
-                return; // closed meanwhile
-            }
-            s.fdflags = libc::fcntl(fd, libc::F_GETFD);
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstat(fd, &mut st) == 0 {
-                s.mode = st.st_mode;
-                s.size = st.st_size;
-                s.dev = st.st_dev;
-                s.ino = st.st_ino;
-                s.mtime_sec = st.st_mtime;
-                s.mtime_nsec = st.st_mtime_nsec;
-            }
-            s.offset = libc::lseek(fd, 0, libc::SEEK_CUR);
-        }
-        let acc = s.flags & libc::O_ACCMODE;
-        let is_reg = s.mode & libc::S_IFMT == libc::S_IFREG;
-        let needs_copy = is_reg
-            && fd > 2
-            && acc != libc::O_RDONLY
-            && s.flags & libc::O_APPEND == 0
-            && !(acc == libc::O_WRONLY && s.offset == s.size);
-        // In a Slurm task the job's output files are put back on restart (Slurm truncates
-        // them when the job runs again), so their contents go with the generation.
-        let stdio_copy = is_reg && fd <= 2 && acc != libc::O_RDONLY && SLURM.load(SeqCst);
-        if stdio_copy {
-            s.captured = if (s.size as u64) <= limit && copy_file(fd, files_fd, s.size as u64) {
-                1
-            } else {
-                -1
-            };
-        }
-        if needs_copy {
-            s.captured = if (s.size as u64) <= limit && copy_file(fd, files_fd, s.size as u64) {
-                1
-            } else {
-                -1
-            };
-        }
-        n += 1;
-    });
-    n
-}
-
-/// Copies the first `size` bytes of `fd` to `files/fd-<fd>` (reflink when possible).
-fn copy_file(fd: i32, files_fd: i32, size: u64) -> bool {
-    let mut name = [0u8; 40];
-    let mut nb = [0u8; 24];
-    let digits = sys::itoa(fd as u64, &mut nb);
-    name[..3].copy_from_slice(b"fd-");
-    name[3..3 + digits.len()].copy_from_slice(digits);
-    let mut src_path = [0u8; 48];
-    let pre = b"/proc/self/fd/";
-    src_path[..pre.len()].copy_from_slice(pre);
-    src_path[pre.len()..pre.len() + digits.len()].copy_from_slice(digits);
-    copy_path(&src_path, files_fd, &name, Some(size))
-}
-
-/// Copies `src` (NUL-terminated path) into `files_fd/name` (NUL-terminated): a reflink
-/// where the file system can, a kernel copy otherwise. No allocation.
-fn copy_path(src: &[u8], files_fd: i32, name: &[u8], size: Option<u64>) -> bool {
-    let src = sys_open(src, libc::O_RDONLY);
-    if src < 0 {
-        return false;
-    }
-    let size = size.unwrap_or_else(|| {
-        // SAFETY: fstat into a local.
-        unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            libc::fstat(src, &mut st);
-            st.st_size as u64
-        }
-    });
-    // SAFETY: name is NUL-terminated; files_fd is a directory we opened.
-    let dst = unsafe {
-        libc::openat(
-            files_fd,
-            name.as_ptr() as *const libc::c_char,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    let mut ok = dst >= 0;
-    if ok {
-        const FICLONE: u64 = 0x4004_9409;
-        // SAFETY: ioctl FICLONE takes the source fd as its argument.
-        let cloned = unsafe { libc::ioctl(dst, FICLONE, src) } == 0;
-        if !cloned {
-            let mut off: i64 = 0;
-            while (off as u64) < size {
-                // SAFETY: both fds are open; `off` is our local offset.
-                let r = unsafe {
-                    libc::copy_file_range(
-                        src,
-                        &mut off,
-                        dst,
-                        std::ptr::null_mut(),
-                        (size - off as u64) as usize,
-                        0,
-                    )
-                };
-                if r <= 0 {
-                    ok = r == 0 && off as u64 == size;
-                    break;
-                }
-            }
-        }
-    }
-    close(src);
-    close(dst);
-    ok
-}
-
-/// POSIX timers listed in /proc/self/timers (times are read later, in the pause).
-fn scan_timers() -> Vec<TimerSnap> {
-    let text = std::fs::read_to_string("/proc/self/timers").unwrap_or_default();
-    let mut v: Vec<TimerSnap> = Vec::new();
-    for line in text.lines() {
-        if let Some(id) = line.strip_prefix("ID: ") {
-            v.push(TimerSnap {
-                id: id.trim().parse().unwrap_or(-1),
-                ..TimerSnap::default()
-            });
-        } else if let Some(t) = v.last_mut() {
-            if let Some(sig) = line.strip_prefix("signal: ") {
-                let (n, val) = sig.split_once('/').unwrap_or((sig, "0"));
-                t.signo = n.trim().parse().unwrap_or(0);
-                t.value = u64::from_str_radix(val.trim(), 16).unwrap_or(0);
-            } else if let Some(n) = line.strip_prefix("notify: ") {
-                // "signal/pid.N", "signal/tid.N" (SIGEV_THREAD_ID), "none/pid.N".
-                let (kind, who) = n.split_once('/').unwrap_or((n, ""));
-                t.notify = match kind {
-                    "none" => 1,
-                    _ if who.starts_with("tid.") => 4,
-                    _ => 0,
-                };
-                t.tid = who
-                    .rsplit_once('.')
-                    .and_then(|x| x.1.parse().ok())
-                    .unwrap_or(0);
-            } else if let Some(c) = line.strip_prefix("ClockID: ") {
-                t.clock = c.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    v.retain(|t| t.id >= 0);
-    v
-}
-
-/// Shared writable mappings of regular files: (path, name in files/), NUL-terminated.
-fn scan_shared_maps() -> Vec<(Vec<u8>, Vec<u8>)> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for v in torpor_engine::procmaps::parse(&text) {
-        let n = v.name.as_str();
-        if !(v.shared && v.write && n.starts_with('/'))
-            || n.ends_with(" (deleted)")
-            || n.starts_with("/dev/")
-            || n.starts_with("/SYSV")
-            || n.starts_with("/memfd:")
-        {
-            continue;
-        }
-        let full = capture::shared_map_name(v.dev_major, v.dev_minor, v.inode);
-        let mut name = full.trim_start_matches("files/").as_bytes().to_vec();
-        name.push(0);
-        if out.iter().any(|(_, m)| *m == name) {
-            continue;
-        }
-        let mut path = n.as_bytes().to_vec();
-        path.push(0);
-        out.push((path, name));
-    }
-    out
-}
-
-fn ts_ns(t: &libc::timespec) -> u64 {
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
-/// Reads every timer's remaining time. Runs in the pause: no allocation.
-fn snapshot_timers(timers: &mut [TimerSnap]) -> [(u64, u64); 3] {
-    for t in timers.iter_mut() {
-        // SAFETY: timer_gettime with a kernel timer id into a local struct.
-        unsafe {
-            let mut its: libc::itimerspec = std::mem::zeroed();
-            if libc::syscall(
-                libc::SYS_timer_gettime,
-                t.id,
-                &mut its as *mut libc::itimerspec,
-            ) == 0
-            {
-                t.interval_ns = ts_ns(&its.it_interval);
-                t.value_ns = ts_ns(&its.it_value);
-            }
-        }
-    }
-    let mut it = [(0u64, 0u64); 3];
-    for (which, slot) in it.iter_mut().enumerate() {
-        // SAFETY: getitimer into a local struct.
-        unsafe {
-            let mut v: libc::itimerval = std::mem::zeroed();
-            if libc::syscall(
-                libc::SYS_getitimer,
-                which as i64,
-                &mut v as *mut libc::itimerval,
-            ) == 0
-            {
-                let ns =
-                    |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-                *slot = (ns(v.it_interval), ns(v.it_value));
-            }
-        }
-    }
-    it
 }
 
 /// Pauses here with all other threads parked: saves the manager's own context, then
@@ -565,6 +278,8 @@ fn child_write(a: &ChildArgs, ws: u64, we: u64) -> Result<(), String> {
         threads,
         fds,
         timers,
+        // SAFETY: filled during the pause; nobody writes it here.
+        locks: unsafe { &(&*LOCKS.0.get())[..a.nlocks] },
         itimers: a.itimers,
         restore_info_addr: ri,
         skip: &alloc::is_child_region,
@@ -620,42 +335,6 @@ fn finish_restore(nthreads: usize) {
     release();
 }
 
-/// State the forked writer cannot see or the restorer cannot recreate: refuse the
-/// checkpoint, naming it, rather than write an image that restores wrong.
-fn unsupported_state() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if let Some(v) = status.lines().find_map(|l| l.strip_prefix("Seccomp:")) {
-        if v.trim() != "0" {
-            return Some("the process runs under a seccomp filter, which cannot be saved".into());
-        }
-    }
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
-    let mut current = "";
-    for line in smaps.lines() {
-        if line
-            .as_bytes()
-            .first()
-            .is_some_and(|b| b.is_ascii_hexdigit())
-            && line.contains('-')
-        {
-            current = line;
-        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
-            let f: Vec<&str> = flags.split_whitespace().collect();
-            let what = if f.contains(&"dc") {
-                "MADV_DONTFORK"
-            } else if f.contains(&"wf") {
-                "MADV_WIPEONFORK"
-            } else {
-                continue;
-            };
-            return Some(format!(
-                "memory marked {what} is not supported yet: {current}"
-            ));
-        }
-    }
-    None
-}
-
 /// One checkpoint round.
 pub fn checkpoint(cfg: &Config) -> Outcome {
     if let Some(why) = unsupported_state() {
@@ -703,6 +382,7 @@ fn checkpoint_round(cfg: &Config) -> Outcome {
         nfds: 0,
         timers: std::ptr::null(),
         ntimers: 0,
+        nlocks: 0,
         itimers: [(0, 0); 3],
         patch: if patch.is_empty() {
             std::ptr::null_mut()
@@ -746,6 +426,12 @@ fn checkpoint_round(cfg: &Config) -> Outcome {
     unsafe { park::fill_thread(THREADS.slot(my_slot)) };
     args.nthreads = SLOT.load(SeqCst).min(MAX_THREADS);
     args.nfds = snapshot_fds(fd_dir, &agent_fds, files_fd, cfg.capture_limit);
+    // SAFETY: filled just above; manager-only.
+    for f in unsafe { &(&*FDS.0.get())[..args.nfds] } {
+        if f.fd > 2 && f.mode & libc::S_IFMT == libc::S_IFREG {
+            args.nlocks = snapshot_locks(f.fd, args.nlocks);
+        }
+    }
     for (path, name) in &shared_maps {
         copy_path(path, files_fd, name, None);
     }

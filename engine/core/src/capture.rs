@@ -16,7 +16,7 @@ use torpor_image::{ImageError, ImageWriter, PAGE_SIZE};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::procmaps::{self, Vma};
-use crate::records::{FdSnap, ThreadRec, TimerSnap};
+use crate::records::{FdSnap, LockSnap, ThreadRec, TimerSnap, SIDECARS};
 
 /// Largest run of pages stored as one chunk.
 const MAX_CHUNK: u64 = 4 << 20;
@@ -60,6 +60,7 @@ pub struct CaptureInput<'a> {
     pub threads: &'a [ThreadRec],
     pub fds: &'a [FdSnap],
     pub timers: &'a [TimerSnap],
+    pub locks: &'a [LockSnap],
     /// setitimer (interval_ns, value_ns) for REAL, VIRTUAL, PROF at the pause.
     pub itimers: [(u64, u64); 3],
     pub restore_info_addr: u64,
@@ -331,6 +332,7 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         }),
         captured: None,
         dup_of: None,
+        absent_sidecars: Vec::new(),
     };
     if s.fd <= 2 {
         m.kind = FdKind::Stdio;
@@ -359,6 +361,12 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
             if s.captured == 1 {
                 m.captured = Some(format!("files/fd-{}", s.fd));
             }
+            m.absent_sidecars = SIDECARS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| s.sidecars & (1 << i) == 0)
+                .map(|(_, n)| n.to_string())
+                .collect();
         }
     } else if fmt == libc::S_IFDIR {
         m.kind = FdKind::Directory;
@@ -650,6 +658,16 @@ pub fn write_process_image(
             })
             .collect(),
         itimers: inp.itimers.to_vec(),
+        locks: inp
+            .locks
+            .iter()
+            .map(|l| LockMeta {
+                fd: l.fd,
+                write: l.write != 0,
+                start: l.start,
+                end: l.end,
+            })
+            .collect(),
     };
     // The copies made during the pause must be durable before the generation commits.
     let copies = meta

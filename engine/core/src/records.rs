@@ -55,7 +55,13 @@ pub struct FdSnap {
     /// Set when the contents were copied into the generation during the pause
     /// (`files/fd-<fd>`); -1 when the copy was refused (over the site limit or failed).
     pub captured: i32,
+    /// For captured files: which SQLite sidecars existed at the pause (bit 0 `-journal`,
+    /// bit 1 `-wal`, bit 2 `-shm`).
+    pub sidecars: u32,
 }
+
+/// Names of the sidecar files checked next to a captured file (SQLite's).
+pub const SIDECARS: [&str; 3] = ["-journal", "-wal", "-shm"];
 
 /// Filled by the restorer inside the restored process's agent: what to unmap once
 /// every thread has left the restorer's code.
@@ -85,4 +91,16 @@ pub struct TimerSnap {
     pub value: u64,
     pub interval_ns: u64,
     pub value_ns: u64,
+}
+
+/// A POSIX record lock the process held at the pause (from /proc/self/fdinfo).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LockSnap {
+    pub fd: i32,
+    /// 1 for a write lock, 0 for a read lock.
+    pub write: i32,
+    pub start: i64,
+    /// Last byte, or -1 for "to end of file".
+    pub end: i64,
 }

@@ -38,6 +38,19 @@ pub struct ProcessMeta {
     /// Interval timers (setitimer): real, virtual, prof as (interval_ns, value_ns).
     #[serde(default)]
     pub itimers: Vec<(u64, u64)>,
+    /// POSIX record locks (fcntl F_SETLK) held at the checkpoint.
+    #[serde(default)]
+    pub locks: Vec<LockMeta>,
+}
+
+/// One POSIX record lock, re-acquired on `fd` before the program resumes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockMeta {
+    pub fd: i32,
+    pub write: bool,
+    pub start: i64,
+    /// Last byte locked, or -1 for "to end of file".
+    pub end: i64,
 }
 
 /// One POSIX timer.
@@ -262,6 +275,11 @@ pub struct FdMeta {
     /// Lowest fd sharing this fd's open file description (and so its offset), if any.
     #[serde(default)]
     pub dup_of: Option<i32>,
+    /// For captured files: sidecar suffixes (`-journal`, `-wal`, `-shm`) that did NOT
+    /// exist at the checkpoint; a restore removes them if they exist now (a hot journal
+    /// left by a transaction begun after the checkpoint must not be rolled back).
+    #[serde(default)]
+    pub absent_sidecars: Vec<String>,
 }
 
 /// Process-wide attributes.

@@ -1,0 +1,236 @@
+//! Restore stage 1, pids: a user+pid+mount namespace in which the program gets its
+//! original pid back, and the waiting processes that forward signals and mirror its exit.
+
+use std::fs;
+use std::io::Write;
+use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
+
+use super::{fds_open, my_uid};
+
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: i32) {
+    let pid = FORWARD_TO.load(SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Waits for `child` while forwarding signals to it, then exits the way it did.
+fn wait_and_mirror(child: i32, reap_all: bool) -> ! {
+    FORWARD_TO.store(child, SeqCst);
+    for sig in [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGCONT,
+        libc::SIGALRM,
+        std::env::var("TORPOR_SIGNAL")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|&s: &i32| (34..=64).contains(&s) && s != 61 || s == 10 || s == 12)
+            .unwrap_or(38),
+    ] {
+        // SAFETY: installs a handler that only calls kill.
+        unsafe { libc::signal(sig, forward as *const () as usize) };
+    }
+    loop {
+        let mut st = 0;
+        // SAFETY: waits for our children.
+        let w = unsafe { libc::waitpid(if reap_all { -1 } else { child }, &mut st, libc::__WALL) };
+        if w < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            std::process::exit(127);
+        }
+        if w == child {
+            if libc::WIFSIGNALED(st) {
+                let sig = libc::WTERMSIG(st);
+                // SAFETY: re-raise the same signal with its default action.
+                unsafe {
+                    libc::signal(sig, libc::SIG_DFL);
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, sig);
+                    libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                    libc::kill(libc::getpid(), sig);
+                }
+                std::process::exit(128 + sig);
+            }
+            std::process::exit(libc::WEXITSTATUS(st));
+        }
+    }
+}
+
+fn write_file(path: &str, s: &str) -> std::io::Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(s.as_bytes())
+}
+
+/// Enters a new user+pid+mount namespace and becomes `orig_pid` in it. Returns in the
+/// process that will become the restored program; the others wait and mirror its exit.
+pub(super) fn enter_pid_namespace(orig_pid: i32) -> Result<(), String> {
+    if orig_pid <= 1 {
+        return Err("original pid 1 cannot be restored in a namespace".into());
+    }
+    let (uid, gid) = (my_uid(), {
+        // SAFETY: getgid cannot fail.
+        unsafe { libc::getgid() }
+    });
+    // SAFETY: unshare affects only this (single-threaded) process.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS) } != 0 {
+        return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+    }
+    // From here on a failure cannot fall back to new pids: this process already has a
+    // pending pid namespace (no threads can be created in it).
+    let fatal = |what: &str, e: std::io::Error| -> ! {
+        eprintln!("torpor-restore: entering the restore namespace: {what}: {e}");
+        std::process::exit(127);
+    };
+    // A single mapping of our own ids is what an unprivileged process may write itself.
+    if let Err(e) = write_file("/proc/self/setgroups", "deny") {
+        fatal("setgroups", e);
+    }
+    if let Err(e) = write_file("/proc/self/uid_map", &format!("{uid} {uid} 1")) {
+        fatal("uid_map", e);
+    }
+    if let Err(e) = write_file("/proc/self/gid_map", &format!("{gid} {gid} 1")) {
+        fatal("gid_map", e);
+    }
+    // SAFETY: fork in a single-threaded process.
+    let init = unsafe { libc::fork() };
+    if init < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if init > 0 {
+        close_all_but_stdio();
+        wait_and_mirror(init, false);
+    }
+    // Pid 1 of the new namespace: if the waiting task process is killed (Slurm kills the
+    // pid it tracks), take the namespace down with it.
+    // SAFETY: prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // Give it its own /proc so tids read there are ours.
+    // SAFETY: mount calls with NUL-terminated strings, in our own mount namespace.
+    unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        );
+        libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        );
+    }
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let want = orig_pid;
+    let ca = CloneArgs {
+        flags: 0,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: &want as *const i32 as u64,
+        set_tid_size: 1,
+        cgroup: 0,
+    };
+    // SAFETY: fork-like clone3 (no CLONE_VM, no new stack) with set_tid.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &ca as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        eprintln!(
+            "torpor-restore: cannot create pid {orig_pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(127);
+    }
+    if pid > 0 {
+        close_all_but_stdio();
+        wait_and_mirror(pid as i32, true);
+    }
+    if uid != 0 {
+        keep_checkpoint_restore_cap();
+    }
+    Ok(())
+}
+
+/// A non-root user loses its namespace capabilities at execve. Stage 2 needs
+/// CAP_CHECKPOINT_RESTORE to create threads with their original tids: keep that one
+/// capability across the exec as an ambient capability. Stage 2 drops it in every
+/// thread before the program resumes.
+fn keep_checkpoint_restore_cap() {
+    const CAP_CHECKPOINT_RESTORE: u32 = 40;
+    #[repr(C)]
+    struct Hdr {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut h = Hdr {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with the v3 header and two data words.
+    unsafe {
+        libc::syscall(libc::SYS_capget, &mut h as *mut Hdr, d.as_mut_ptr());
+        d[1].inheritable |= 1 << (CAP_CHECKPOINT_RESTORE - 32);
+        libc::syscall(libc::SYS_capset, &mut h as *mut Hdr, d.as_ptr());
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE,
+            CAP_CHECKPOINT_RESTORE as libc::c_ulong,
+            0,
+            0,
+        );
+    }
+}
+
+pub(super) fn close_all_but_stdio() {
+    for fd in fds_open() {
+        if fd > 2 {
+            // SAFETY: closing fds in a process that only waits from now on.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
