@@ -5,6 +5,7 @@
 mod alloc;
 mod fds;
 mod identity;
+mod joboutput;
 mod manager;
 mod park;
 mod prescan;
@@ -203,6 +204,15 @@ fn start() {
             && std::env::var_os(identity::INERT_VAR).is_none()
         {
             let grace = env_u64("TORPOR_GRACE_SECS").unwrap_or(10);
+            let step = env_str("TORPOR_STEP_ID").unwrap_or_default();
+            if let (Some(root), Some(job)) =
+                (std::env::var_os("TORPOR_DIR"), env_str("TORPOR_JOB_ID"))
+            {
+                if joboutput::is_batch_top(&step) {
+                    let attempt = env_u64("TORPOR_ATTEMPT").unwrap_or(0) as u32;
+                    joboutput::init(std::path::Path::new(&root), &job, attempt);
+                }
+            }
             sigwrap::keep_term_for_children(grace * 1_000_000_000);
         }
         return;

@@ -196,6 +196,8 @@ extern "C" fn on_term_keeper(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut l
         // SAFETY: nanosleep is async-signal-safe.
         unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
     }
+    // The batch shell: keep the job's output for the next run (Slurm truncates it).
+    crate::joboutput::snapshot();
     OWN_TERM.store(false, SeqCst);
     // SAFETY: APP_TERM holds the process's own SIGTERM action.
     let app = unsafe { *APP_TERM.0.get() };
