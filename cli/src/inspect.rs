@@ -16,9 +16,11 @@ pub fn resolve(path: &Path) -> Result<(PathBuf, Option<serde_json::Value>)> {
         path.to_path_buf()
     } else {
         let s = Store::new(path);
+        // The newest complete generation, as `torpor restore` picks it.
         let g = s
-            .latest()
-            .or_else(|| s.generations().ok()?.last().copied())
+            .generations()
+            .ok()
+            .and_then(|g| g.last().copied())
             .with_context(|| format!("{}: no generation there", path.display()))?;
         s.gen_dir(g)
     };

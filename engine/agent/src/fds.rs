@@ -167,7 +167,11 @@ pub(crate) fn snapshot_fds(fd_dir: i32, exclude: &[i32], files_fd: i32, limit: u
     let fds = unsafe { &mut *FDS.0.get() };
     let mut n = 0usize;
     for_each_num(fd_dir, |fd| {
-        if exclude.contains(&fd) || n >= MAX_FDS {
+        if exclude.contains(&fd) {
+            return;
+        }
+        if n >= MAX_FDS {
+            n = MAX_FDS + 1; // reported by the caller: never drop fds silently
             return;
         }
         let s = &mut fds[n];

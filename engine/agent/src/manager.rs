@@ -426,6 +426,14 @@ fn checkpoint_round(cfg: &Config) -> Outcome {
     unsafe { park::fill_thread(THREADS.slot(my_slot)) };
     args.nthreads = SLOT.load(SeqCst).min(MAX_THREADS);
     args.nfds = snapshot_fds(fd_dir, &agent_fds, files_fd, cfg.capture_limit);
+    if args.nfds > crate::fds::MAX_FDS {
+        release();
+        cleanup(pending);
+        return Outcome::Failed(format!(
+            "more than {} open files: not supported yet",
+            crate::fds::MAX_FDS
+        ));
+    }
     // SAFETY: filled just above; manager-only.
     for f in unsafe { &(&*FDS.0.get())[..args.nfds] } {
         if f.fd > 2 && f.mode & libc::S_IFMT == libc::S_IFREG {

@@ -136,7 +136,10 @@ fn classify(v: &Vma) -> Result<Option<RegionKind>, CaptureError> {
                 RegionKind::Anon
             }
         }
-        _ if n.starts_with('[') => return Err(CaptureError::SpecialMapping(n.into())),
+        _ if n.starts_with('[') || !n.starts_with('/') => {
+            // `[uprobes]`, `anon_inode:[perf_event]`, ...: nothing we can map again.
+            return Err(CaptureError::SpecialMapping(n.into()));
+        }
         "/dev/zero" | "/dev/zero (deleted)" => {
             if v.shared {
                 RegionKind::SharedAnon
