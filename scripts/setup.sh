@@ -37,4 +37,9 @@ if ! command -v cargo >/dev/null; then
     echo "setup.sh: cargo not found: install rustup (https://rustup.rs); rust-toolchain.toml pins the version" >&2
     exit 1
 fi
+# The engine suite runs under cargo-nextest (each case in its own process).
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "setup.sh: installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
 echo "setup.sh: ok (Slurm $(sinfo --version 2>/dev/null | awk '{print $2}'), test user $TEST_USER)"
