@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! PlanHeader | regions[nregions] | extents[nextents] | threads[nthreads]
-//!            | sigs[nsigs] | fds[nfds] | auxv[auxv_len u64] | strings (NUL-terminated)
+//!            | sigs[nsigs] | fds[nfds] | timers[ntimers] | strings (NUL-terminated)
 //! ```
 //! Stage 2 maps the plan read-only at [`PLAN_ADDR`].
 
@@ -140,4 +140,22 @@ pub struct PlanSig {
 pub struct PlanFd {
     pub fd: i64,
     pub cloexec: u64,
+}
+
+/// The kernel's `struct clone_args` (clone3), used by stage 1 to create the program with
+/// its original pid and by stage 2 to create threads with their original tids.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
 }

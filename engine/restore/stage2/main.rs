@@ -247,21 +247,6 @@ unsafe extern "C" fn rclone3(args: u64, size: u64, f: u64, arg: u64) -> i64 {
 }
 
 #[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-#[repr(C)]
 struct MmMap {
     v: [u64; 11],
     auxv: u64,

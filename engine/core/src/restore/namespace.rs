@@ -6,6 +6,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
 
 use super::{fds_open, my_uid};
+use crate::plan::CloneArgs;
 
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
@@ -134,20 +135,6 @@ pub(super) fn enter_pid_namespace(orig_pid: i32) -> Result<(), String> {
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             std::ptr::null(),
         );
-    }
-    #[repr(C)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
     }
     let want = orig_pid;
     let ca = CloneArgs {
