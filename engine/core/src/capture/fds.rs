@@ -1,0 +1,154 @@
+//! Capture, file descriptors: what each fd is and how a restore brings it back
+//! (the pause already took offsets and sizes and copied written files).
+
+use std::fs::File;
+
+use torpor_image::meta::*;
+use torpor_image::store::Pending;
+
+use super::{proc_err, read_link, CaptureError, CaptureInput};
+use crate::records::{FdSnap, SIDECARS};
+
+/// Describes every fd; fds sharing an open file description are marked as duplicates.
+pub(super) fn capture_fds(
+    pending: &Pending,
+    inp: &CaptureInput,
+) -> Result<Vec<FdMeta>, CaptureError> {
+    let mut fds = Vec::new();
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    for (i, s) in inp.fds.iter().enumerate() {
+        if s.fd > 2 {
+            // fds sharing one open file description must share it again after restore.
+            let same = inp.fds[..i].iter().find(|o| {
+                o.fd > 2
+                    // SAFETY: kcmp(KCMP_FILE=0) compares two of our own fds.
+                    && unsafe { libc::syscall(libc::SYS_kcmp, me, me, 0, o.fd, s.fd) } == 0
+            });
+            if let Some(o) = same {
+                let orig = fds.iter().find(|m: &&FdMeta| m.fd == o.fd).cloned();
+                if let Some(mut m) = orig {
+                    m.fd = s.fd;
+                    m.cloexec = s.fdflags & libc::FD_CLOEXEC != 0;
+                    m.dup_of = Some(o.fd);
+                    fds.push(m);
+                    continue;
+                }
+            }
+        }
+        if s.captured == -1 && s.fd > 2 {
+            return Err(CaptureError::NotCaptured {
+                fd: s.fd,
+                path: read_link(&format!("/proc/self/fd/{}", s.fd)),
+                limit: inp.capture_limit,
+            });
+        }
+        let mut m = fd_meta(s)?;
+        if m.kind == FdKind::Deleted && m.captured.is_none() {
+            save_deleted(pending, s.fd)?;
+            m.captured = Some(format!("files/fd-{}", s.fd));
+        }
+        fds.push(m);
+    }
+    Ok(fds)
+}
+
+fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
+    let target = read_link(&format!("/proc/self/fd/{}", s.fd));
+    let acc = s.flags & libc::O_ACCMODE;
+    let mut m = FdMeta {
+        fd: s.fd,
+        kind: FdKind::File,
+        path: target.clone(),
+        flags: s.flags as u32,
+        cloexec: s.fdflags & libc::FD_CLOEXEC != 0,
+        offset: s.offset,
+        disposition: FileDisposition::None,
+        file: Some(FileId {
+            dev: s.dev,
+            ino: s.ino,
+            size: s.size as u64,
+            mtime_sec: s.mtime_sec,
+            mtime_nsec: s.mtime_nsec,
+        }),
+        captured: None,
+        dup_of: None,
+        absent_sidecars: Vec::new(),
+    };
+    if s.fd <= 2 {
+        m.kind = FdKind::Stdio;
+        if s.captured == 1 {
+            m.captured = Some(format!("files/fd-{}", s.fd));
+        } else {
+            m.file = None;
+        }
+        return Ok(m);
+    }
+    let fmt = s.mode & libc::S_IFMT;
+    if fmt == libc::S_IFREG {
+        if let Some(p) = target.strip_suffix(" (deleted)") {
+            m.kind = FdKind::Deleted;
+            m.path = p.to_string();
+            m.disposition = FileDisposition::Captured;
+            if s.captured == 1 {
+                m.captured = Some(format!("files/fd-{}", s.fd));
+            }
+        } else if acc == libc::O_RDONLY {
+            m.disposition = FileDisposition::Verify;
+        } else if s.flags & libc::O_APPEND != 0 || (acc == libc::O_WRONLY && s.offset == s.size) {
+            m.disposition = FileDisposition::Truncate;
+        } else {
+            m.disposition = FileDisposition::Captured;
+            if s.captured == 1 {
+                m.captured = Some(format!("files/fd-{}", s.fd));
+            }
+            m.absent_sidecars = SIDECARS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| s.sidecars & (1 << i) == 0)
+                .map(|(_, n)| n.to_string())
+                .collect();
+        }
+    } else if fmt == libc::S_IFDIR {
+        m.kind = FdKind::Directory;
+        m.file = None;
+    } else if fmt == libc::S_IFCHR
+        && matches!(
+            target.as_str(),
+            "/dev/null" | "/dev/zero" | "/dev/full" | "/dev/random" | "/dev/urandom"
+        )
+    {
+        m.kind = FdKind::Device;
+        m.file = None;
+    } else {
+        let why = match fmt {
+            libc::S_IFIFO => "pipes are not supported yet",
+            libc::S_IFSOCK => "sockets are not supported yet",
+            libc::S_IFCHR => "character devices other than null/zero/full/random/urandom",
+            _ => "unsupported file kind",
+        };
+        return Err(CaptureError::UnsupportedFd {
+            fd: s.fd,
+            target,
+            why,
+        });
+    }
+    Ok(m)
+}
+
+/// Name (inside the generation) of the captured contents of a shared writable mapping.
+pub fn shared_map_name(major: u32, minor: u32, ino: u64) -> String {
+    format!("files/map-{major:x}-{minor:x}-{ino}")
+}
+
+/// Copies the contents of a deleted-but-open file from `/proc/self/fd/N` into the generation.
+pub fn save_deleted(pending: &Pending, fd: i32) -> Result<(), CaptureError> {
+    let dir = pending.path().join("files");
+    let _ = std::fs::create_dir(&dir);
+    let (mut out, _) = pending.create_file(&format!("files/fd-{fd}"))?;
+    let src = File::open(format!("/proc/self/fd/{fd}")).map_err(proc_err("deleted file"))?;
+    let mut src = src;
+    std::io::copy(&mut src, &mut out).map_err(proc_err("deleted file copy"))?;
+    out.sync_all().map_err(proc_err("deleted file fsync"))?;
+    Ok(())
+}

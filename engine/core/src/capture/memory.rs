@@ -1,0 +1,288 @@
+//! Capture, memory: which regions exist, what each is, and which of its pages are saved
+//! (present or swapped, minus all-zero pages; for private file mappings only the pages
+//! the program modified).
+
+use std::fs::File;
+
+use torpor_image::meta::*;
+use torpor_image::store::Pending;
+use torpor_image::{ImageWriter, PAGE_SIZE};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{proc_err, shared_map_name, CaptureError, CaptureInput};
+use crate::procmaps::Vma;
+
+/// Largest run of pages stored as one chunk.
+const MAX_CHUNK: u64 = 4 << 20;
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// Reads memory of this process. The caller guarantees the range is mapped and readable.
+fn mem(addr: u64, len: u64) -> &'static [u8] {
+    // SAFETY: callers only pass ranges of VMAs listed in /proc/self/maps with read
+    // permission (added with mprotect in this single-threaded writer if needed); nothing
+    // unmaps them while the writer runs, since the writer is the only thread.
+    unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) }
+}
+
+fn classify(v: &Vma) -> Result<Option<RegionKind>, CaptureError> {
+    let n = v.name.as_str();
+    Ok(Some(match n {
+        "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]" => return Ok(None),
+        "[heap]" => RegionKind::Heap,
+        "[stack]" => RegionKind::Stack,
+        "" => {
+            if v.shared {
+                RegionKind::SharedAnon
+            } else {
+                RegionKind::Anon
+            }
+        }
+        _ if n.starts_with("[anon:")
+            || n.starts_with("[stack:")
+            || n.starts_with("[anon_shmem:") =>
+        {
+            if v.shared {
+                RegionKind::SharedAnon
+            } else {
+                RegionKind::Anon
+            }
+        }
+        _ if n.starts_with('[') || !n.starts_with('/') => {
+            // `[uprobes]`, `anon_inode:[perf_event]`, ...: nothing we can map again.
+            return Err(CaptureError::SpecialMapping(n.into()));
+        }
+        "/dev/zero" | "/dev/zero (deleted)" => {
+            if v.shared {
+                RegionKind::SharedAnon
+            } else {
+                RegionKind::Anon
+            }
+        }
+        _ if n.starts_with("/SYSV") || n.starts_with("/memfd:") || n.ends_with(" (deleted)") => {
+            if v.shared {
+                RegionKind::SharedAnon
+            } else {
+                RegionKind::DeletedFile
+            }
+        }
+        _ if n.starts_with("/dev/") && !n.starts_with("/dev/shm/") => {
+            return Err(CaptureError::DeviceMapping(n.into()))
+        }
+        _ if v.shared => RegionKind::FileShared,
+        _ => RegionKind::FilePrivate,
+    }))
+}
+
+fn file_id(path: &str) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    Some(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_sec: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+    })
+}
+
+pub(super) struct PageSink<'a> {
+    w: ImageWriter,
+    patch: Option<(u64, &'a [u8])>,
+    /// The writer's own stack: it changes while we write, so it is copied first.
+    volatile: (u64, u64),
+    run_start: u64,
+    run_len: u64,
+    buf: Vec<u8>,
+    pages: u64,
+}
+
+impl PageSink<'_> {
+    /// Bytes of the page at `addr` as they were at the pause.
+    fn page(&self, addr: u64) -> &[u8] {
+        if let Some((pa, pb)) = self.patch {
+            if addr >= pa && addr + PAGE_SIZE <= pa + pb.len() as u64 {
+                let o = (addr - pa) as usize;
+                return &pb[o..o + PAGE_SIZE as usize];
+            }
+        }
+        mem(addr, PAGE_SIZE)
+    }
+
+    pub(super) fn flush(&mut self) -> Result<(), CaptureError> {
+        if self.run_len == 0 {
+            return Ok(());
+        }
+        let (vs, ve) = self.volatile;
+        let patched = self.patch.is_some_and(|(pa, pb)| {
+            self.run_start < pa + pb.len() as u64 && pa < self.run_start + self.run_len
+        }) || (self.run_start < ve && vs < self.run_start + self.run_len);
+        if patched {
+            self.buf.clear();
+            let mut a = self.run_start;
+            while a < self.run_start + self.run_len {
+                let p = self.page(a).to_vec();
+                self.buf.extend_from_slice(&p);
+                a += PAGE_SIZE;
+            }
+            let data = std::mem::take(&mut self.buf);
+            self.w.add_chunk(self.run_start, &data)?;
+            self.buf = data;
+        } else {
+            self.w
+                .add_chunk(self.run_start, mem(self.run_start, self.run_len))?;
+        }
+        self.run_len = 0;
+        Ok(())
+    }
+
+    /// Adds the page at `addr` unless it is all zeros. Returns whether it was stored.
+    fn push(&mut self, addr: u64) -> Result<bool, CaptureError> {
+        if self.page(addr).iter().all(|&b| b == 0) {
+            self.flush()?;
+            return Ok(false);
+        }
+        if self.run_len > 0 && (self.run_start + self.run_len != addr || self.run_len >= MAX_CHUNK)
+        {
+            self.flush()?;
+        }
+        if self.run_len == 0 {
+            self.run_start = addr;
+        }
+        self.run_len += PAGE_SIZE;
+        self.pages += 1;
+        Ok(true)
+    }
+}
+
+pub(super) fn vdso_info(maps: &[Vma]) -> Vdso {
+    let find = |n: &str| maps.iter().find(|v| v.name == n);
+    let mut d = Vdso::default();
+    if let Some(v) = find("[vvar]") {
+        d.vvar_start = v.start;
+        d.vvar_len = v.len();
+        if let Some(c) = find("[vvar_vclock]") {
+            if c.start == v.end {
+                d.vvar_len = c.end - v.start;
+            }
+        }
+    }
+    if let Some(v) = find("[vdso]") {
+        d.vdso_start = v.start;
+        d.vdso_len = v.len();
+        d.vdso_hash = xxh3_64(mem(v.start, v.len()));
+    }
+    d
+}
+
+impl PageSink<'_> {
+    /// Starts the image writer; `maps` must be the list the caller iterates (the writer's
+    /// own stack region is found from it).
+    pub(super) fn start<'a>(
+        pending: &Pending,
+        name: &str,
+        maps: &[Vma],
+        patch: Option<(u64, &'a [u8])>,
+    ) -> Result<PageSink<'a>, CaptureError> {
+        let (file, path) = pending.create_file(name)?;
+        // Any local lives on the writer's stack, which changes while we write.
+        let probe = 0u8;
+        let here = std::hint::black_box(&probe) as *const u8 as u64;
+        let volatile = maps
+            .iter()
+            .find(|v| v.start <= here && here < v.end)
+            .map(|v| (v.start, v.end))
+            .unwrap_or((0, 0));
+        Ok(PageSink {
+            w: ImageWriter::new(file, &path)?,
+            patch,
+            volatile,
+            run_start: 0,
+            run_len: 0,
+            buf: Vec::new(),
+            pages: 0,
+        })
+    }
+
+    pub(super) fn into_writer(self) -> (ImageWriter, u64) {
+        (self.w, self.pages)
+    }
+}
+
+/// Records every region and stores its saved pages through `sink`.
+pub(super) fn capture_regions(
+    maps: &[Vma],
+    pending: &Pending,
+    inp: &CaptureInput,
+    sink: &mut PageSink,
+) -> Result<Vec<Region>, CaptureError> {
+    let pagemap = File::open("/proc/self/pagemap").map_err(proc_err("/proc/self/pagemap"))?;
+    let mut regions = Vec::new();
+    let mut pm = Vec::<u64>::new();
+    for v in maps {
+        if (inp.skip)(v.start, v.end) {
+            continue;
+        }
+        let Some(kind) = classify(v)? else { continue };
+        let npages = v.len() / PAGE_SIZE;
+        let mut region = Region {
+            start: v.start,
+            end: v.end,
+            prot: v.prot(),
+            kind,
+            name: v.name.clone(),
+            offset: v.offset,
+            file: None,
+            pages_saved: 0,
+            flags: Vec::new(),
+            captured: None,
+        };
+        if matches!(kind, RegionKind::FilePrivate | RegionKind::FileShared) {
+            region.file = file_id(&v.name);
+        }
+        if kind == RegionKind::FileShared && v.write {
+            let name = shared_map_name(v.dev_major, v.dev_minor, v.inode);
+            if pending.path().join(&name).exists() {
+                region.captured = Some(name);
+            }
+        }
+        if kind != RegionKind::FileShared {
+            pm.resize(npages as usize, 0);
+            // SAFETY: the slice of u64 is viewed as bytes for the duration of the read.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(pm.as_mut_ptr() as *mut u8, pm.len() * 8) };
+            use std::os::unix::fs::FileExt;
+            pagemap
+                .read_exact_at(bytes, (v.start / PAGE_SIZE) * 8)
+                .map_err(proc_err("/proc/self/pagemap"))?;
+            let want = |e: u64| match kind {
+                RegionKind::FilePrivate => {
+                    (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
+                }
+                RegionKind::SharedAnon | RegionKind::DeletedFile => true,
+                _ => e & (PM_PRESENT | PM_SWAPPED) != 0,
+            };
+            if pm.iter().any(|&e| want(e)) {
+                if !v.read {
+                    // SAFETY: changes protection of our own (the writer's) copy only.
+                    unsafe {
+                        libc::mprotect(
+                            v.start as *mut libc::c_void,
+                            v.len() as usize,
+                            libc::PROT_READ,
+                        )
+                    };
+                }
+                for (i, &e) in pm.iter().enumerate() {
+                    if want(e) && sink.push(v.start + i as u64 * PAGE_SIZE)? {
+                        region.pages_saved += 1;
+                    }
+                }
+                sink.flush()?;
+            }
+        }
+        regions.push(region);
+    }
+    Ok(regions)
+}
