@@ -4,5 +4,6 @@
 pub mod cases;
 pub mod cluster;
 pub mod resume;
+pub mod resume_checks;
 
 pub use cluster::{Cluster, ClusterOptions, HarnessError, JobId, Out};
