@@ -31,7 +31,7 @@ pub fn run(
         bail!("--keep must be at least 1");
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from("torpor-images"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    torpor_image::safedir::ensure_private_dir(&dir)?;
     let dir = std::fs::canonicalize(&dir)?;
     let preload = match std::env::var_os(tenv::LD_PRELOAD) {
         Some(p) if !p.is_empty() => {

@@ -21,6 +21,9 @@ pub const TORPOR_ATTEMPT: &str = "TORPOR_ATTEMPT";
 pub const TORPOR_RESTORER: &str = "TORPOR_RESTORER";
 /// Signal number that asks for an on-demand checkpoint (decimal).
 pub const TORPOR_SIGNAL: &str = "TORPOR_SIGNAL";
+/// Site policy when a task has images but none is valid: `fail` or `fresh`
+/// (plugstack `on_bad_image=`; absent means `fail`).
+pub const TORPOR_ON_BAD_IMAGE: &str = "TORPOR_ON_BAD_IMAGE";
 /// Which launcher set the environment up; the plugin always sets [`CONTEXT_SLURM`].
 pub const TORPOR_CONTEXT: &str = "TORPOR_CONTEXT";
 /// The value of [`TORPOR_CONTEXT`] set by the SPANK plugin.
@@ -37,6 +40,7 @@ pub const ALL: &[&str] = &[
     TORPOR_ATTEMPT,
     TORPOR_RESTORER,
     TORPOR_SIGNAL,
+    TORPOR_ON_BAD_IMAGE,
     TORPOR_CONTEXT,
 ];
 

@@ -13,7 +13,7 @@ pub mod template;
 
 pub use interval::{Interval, IntervalError};
 pub use options::{OptionDef, OptionError, UserOptions, OPTIONS};
-pub use plugstack::{KeyDef, PlugstackConfig, PlugstackError, KEYS};
+pub use plugstack::{KeyDef, OnBadImage, PlugstackConfig, PlugstackError, KEYS};
 pub use template::{DirTemplate, TemplateError};
 
 /// The plugin's name as Slurm knows it (the first argument of `SPANK_PLUGIN!`).

@@ -25,6 +25,40 @@ pub struct PlugstackConfig {
     pub restorer: PathBuf,
     /// Signal number that requests an on-demand checkpoint.
     pub signal: u32,
+    /// What a task does when it has images but none of them is valid.
+    pub on_bad_image: OnBadImage,
+}
+
+/// Site policy for a task whose images are all unusable (corrupt, truncated, wrong owner,
+/// unsupported). A task without any image (its first run) always starts fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnBadImage {
+    /// The task fails with a message naming each generation and what is wrong with it.
+    #[default]
+    Fail,
+    /// The program starts over from the beginning (after the same message).
+    Fresh,
+}
+
+impl OnBadImage {
+    /// The plugstack.conf / environment spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fail => "fail",
+            Self::Fresh => "fresh",
+        }
+    }
+
+    /// Parses `fail` or `fresh` (exactly).
+    pub fn parse(v: &str) -> Result<Self, ValueError> {
+        match v {
+            "fail" => Ok(Self::Fail),
+            "fresh" => Ok(Self::Fresh),
+            _ => Err(ValueError::Choice {
+                choices: "fail, fresh",
+            }),
+        }
+    }
 }
 
 /// Why a single value is refused (wrapped in [`PlugstackError::BadValue`] with its key).
@@ -40,6 +74,8 @@ pub enum ValueError {
     Number { min: u32, max: u32 },
     #[error("path must be absolute")]
     RelativePath,
+    #[error("must be one of: {choices}")]
+    Choice { choices: &'static str },
 }
 
 /// A plugstack.conf argument the plugin cannot accept. Every variant names the key.
@@ -163,6 +199,18 @@ pub const KEYS: &[KeyDef] = &[
             Ok(())
         },
     },
+    KeyDef {
+        name: "on_bad_image",
+        value: "fail|fresh",
+        default: Some("fail"),
+        help: "When a task has checkpoint images but none is valid (corrupt, truncated, not the \
+               user's): fail the task with a message naming what is wrong, or start the \
+               program fresh. A task without any image always starts fresh.",
+        apply: |c, v| {
+            c.on_bad_image = OnBadImage::parse(v)?;
+            Ok(())
+        },
+    },
 ];
 
 fn known_keys() -> String {
@@ -193,6 +241,7 @@ impl Default for PlugstackConfig {
             agent: PathBuf::from("/usr/lib/torpor/libtorpor_agent.so"),
             restorer: PathBuf::from("/usr/lib/torpor/torpor-restore"),
             signal: crate::signal::SIGRTMIN + 4,
+            on_bad_image: OnBadImage::Fail,
         }
     }
 }
@@ -266,8 +315,10 @@ mod tests {
             "agent=/opt/torpor/lib/libtorpor_agent.so",
             "restorer=/opt/torpor/bin/torpor-restore",
             "signal=USR2",
+            "on_bad_image=fresh",
         ])
         .expect("valid");
+        assert_eq!(c.on_bad_image, OnBadImage::Fresh);
         assert_eq!(
             c.dir.as_ref().map(|d| d.as_str()),
             Some("/scratch/torpor/%u")
@@ -388,6 +439,16 @@ mod tests {
     fn rejects_empty_restorer() {
         assert_eq!(bad(&["restorer="]).key(), "restorer");
     }
+    #[test]
+    fn rejects_bad_on_bad_image() {
+        for v in ["", "Fail", "restart", "fresh "] {
+            let arg = format!("on_bad_image={v}");
+            let e = bad(&[arg.as_str()]);
+            assert_eq!(e.key(), "on_bad_image");
+            assert!(e.to_string().contains("fail, fresh"), "{e}");
+        }
+    }
+
     #[test]
     fn rejects_bad_signal() {
         assert_eq!(bad(&["signal=KILL"]).key(), "signal");

@@ -81,6 +81,10 @@ pub(crate) fn user_init(plugin: &mut Torpor, spank: &mut SpankHandle) -> CbResul
         (env::TORPOR_STEP_ID, step.to_string()),
         (env::TORPOR_RESTORER, site.restorer.display().to_string()),
         (env::TORPOR_SIGNAL, site.signal.to_string()),
+        (
+            env::TORPOR_ON_BAD_IMAGE,
+            site.on_bad_image.as_str().to_owned(),
+        ),
         (env::TORPOR_CONTEXT, env::CONTEXT_SLURM.to_owned()),
     ];
     plugin.step = Some(StepEnv {

@@ -12,7 +12,7 @@ use std::ffi::{CString, OsString};
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Set in the target's environment so that its descendants stay inert.
@@ -95,8 +95,12 @@ pub fn program_key(exe: &str) -> String {
     )
 }
 
+/// Creates `p` (0700) without following another user's symlinks or trusting directories
+/// others can change (see `torpor_image::safedir`).
 fn mkdir_private(p: &Path) -> std::io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(p)
+    torpor_image::safedir::ensure_private_dir(p)
+        .map(drop)
+        .map_err(std::io::Error::other)
 }
 
 /// The image directory of this program in a Slurm task, claiming the next occurrence.

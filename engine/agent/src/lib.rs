@@ -349,7 +349,16 @@ fn report(cfg: &Config, request: i32, out: &Outcome) {
         }),
     };
     let tmp = cfg.dir.join(format!(".status-{}", sys::getpid()));
-    if std::fs::write(&tmp, status.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, cfg.dir.join("status.json"));
+    let body = status.to_string();
+    let fin = cfg.dir.join("status.json");
+    if std::fs::write(&tmp, &body).is_ok() {
+        let _ = std::fs::rename(&tmp, &fin);
+    } else {
+        // Disk full: the atomic copy may not fit; rewrite the old file in place (it fits
+        // in the blocks the previous status held) so that the failure is still reported.
+        let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = std::fs::write(&fin, &body) {
+            eprintln!("torpor: cannot write {}: {e}", fin.display());
+        }
     }
 }

@@ -227,6 +227,16 @@ fn child_main() -> ! {
     let a = CHILD_ARGS.load(SeqCst);
     // SAFETY: published by the manager before the pause; the memory is our private copy.
     let a = unsafe { &*a };
+    // A generation is committed only while its program lives: if the program is killed
+    // mid-checkpoint, its writer dies with it and leaves an uncommitted temporary (cleaned
+    // by the next round), never a generation that races with a restore of an older one.
+    // SAFETY: prctl/getppid on ourselves.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if libc::getppid() != a.pid {
+            libc::syscall(libc::SYS_exit_group, 1);
+        }
+    }
     let (ws, we) = (WSEG_START.load(SeqCst), WSEG_END.load(SeqCst));
     // Keep the agent's data as it was at the pause, before we change any of it.
     if !a.patch.is_null() && we > ws && a.patch_len as u64 >= we - ws {

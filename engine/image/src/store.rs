@@ -49,6 +49,8 @@ pub enum StoreError {
     },
     #[error("{dir}: no complete generation")]
     Empty { dir: PathBuf },
+    #[error(transparent)]
+    Unsafe(#[from] crate::safedir::SafeDirError),
 }
 
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -107,13 +109,41 @@ impl Store {
         &self.dir
     }
 
-    /// Creates the directory (0700) if it does not exist.
+    /// Creates the directory (0700) if it does not exist, refusing paths another user
+    /// could redirect (see [`crate::safedir`]).
     pub fn create(&self) -> Result<(), StoreError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(io(&self.dir, "create directory"))
+        crate::safedir::ensure_private_dir(&self.dir)?;
+        Ok(())
+    }
+
+    /// Removes temporaries that can never be committed: those of a generation that is
+    /// already complete, of a process that no longer exists, or of this process (a round
+    /// of ours that was cut off before it could clean up; only one round runs at a time).
+    pub fn clean_temporaries(&self) {
+        let newest = self.generations().ok().and_then(|g| g.last().copied());
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".tmp-gen-")) else {
+                continue;
+            };
+            let mut parts = rest.splitn(2, '-');
+            let gen = parts.next().and_then(|g| g.parse::<u64>().ok());
+            let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
+            let stale = match (gen, pid) {
+                (Some(g), Some(p)) => {
+                    newest.is_some_and(|n| g <= n)
+                        || p == std::process::id()
+                        || !Path::new(&format!("/proc/{p}")).exists()
+                }
+                _ => true,
+            };
+            if stale {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     pub fn gen_dir(&self, n: u64) -> PathBuf {
@@ -154,6 +184,7 @@ impl Store {
     /// Starts generation `latest + 1` for job attempt `attempt`.
     pub fn begin(&self, attempt: u32) -> Result<Pending, StoreError> {
         self.create()?;
+        self.clean_temporaries();
         let newest = self.generations()?.last().copied().unwrap_or(0);
         let n = newest.max(self.latest().unwrap_or(0)) + 1;
         let tmp = self
@@ -184,6 +215,7 @@ impl Store {
                 }
             }
         }
+        self.clean_temporaries();
         Ok(())
     }
 }
@@ -312,6 +344,27 @@ mod tests {
         assert_eq!(s.latest(), Some(4));
         s.prune(2).unwrap();
         assert_eq!(s.generations().unwrap(), vec![3, 4]);
+    }
+
+    #[test]
+    fn cut_off_temporaries_are_cleaned_at_the_next_round() {
+        let s = Store::new(tmp("clean"));
+        s.begin(0).unwrap().commit(manifest()).unwrap();
+        // A dead writer's leftover for the next generation, one of an old generation,
+        // and one of a live process (pid 1) for a generation not yet complete.
+        for name in [
+            ".tmp-gen-000002-999999999",
+            ".tmp-gen-000001-1",
+            ".tmp-gen-000009-1",
+        ] {
+            fs::create_dir_all(s.dir().join(name).join("files")).unwrap();
+        }
+        let p = s.begin(0).unwrap();
+        assert!(!s.dir().join(".tmp-gen-000002-999999999").exists());
+        assert!(!s.dir().join(".tmp-gen-000001-1").exists());
+        assert!(s.dir().join(".tmp-gen-000009-1").exists());
+        p.commit(manifest()).unwrap();
+        assert_eq!(s.latest(), Some(2));
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! `torpor-restore`: restores a checkpointed process in this process (same pid, same
 //! stdio): `torpor-restore [--pids auto|original|new] [--verbose] PATH`, where PATH is a
 //! program's image directory, a generation directory or an image file.
+//!
+//! `--slurm DIR -- CMD...` (run by the agent in a Slurm task): if nothing can be resumed,
+//! CMD starts over, except when images exist but none is valid and the site's policy
+//! (`TORPOR_ON_BAD_IMAGE`, plugstack `on_bad_image=`) is `fail`: then the task fails.
 
 use anyhow::{bail, Context, Result};
-use torpor_engine::restore::{self, PidMode};
+use torpor_conf::OnBadImage;
+use torpor_engine::restore::{self, PidMode, RestoreError};
 
 /// Stage 2, built by build.rs.
 static STAGE2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/torpor-restore-stage2"));
@@ -74,15 +79,45 @@ fn run() -> Result<()> {
         }
     }
     let path = path.context("no image given (usage: torpor-restore [--pids MODE] PATH)")?;
-    let result = resume(&path, pids, verbose, slurm);
+    let sel = match restore::select(std::path::Path::new(&path)) {
+        Ok(sel) => sel,
+        // Images are there but none is valid: the site decides (plugstack on_bad_image).
+        Err(
+            e @ (RestoreError::NoValidGeneration { .. }
+            | RestoreError::Image(_)
+            | RestoreError::Owner { .. }),
+        ) if slurm => {
+            let e = anyhow::Error::from(e);
+            match bad_image_policy() {
+                Ok(OnBadImage::Fresh) => start_fresh(&fresh_cmd, &e),
+                Ok(OnBadImage::Fail) => bail!(
+                    "{e:#}\nno checkpoint image of this task is valid; failing the task \
+                     (the site's on_bad_image=fail; remove {path} to start over)"
+                ),
+                Err(why) => bail!("{e:#}\n{why}; failing the task"),
+            }
+        }
+        Err(e) if slurm => start_fresh(&fresh_cmd, &e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    let result = resume(sel, pids, verbose, slurm);
     match result {
         Err(e) if slurm => start_fresh(&fresh_cmd, &e),
         other => other,
     }
 }
 
-fn resume(path: &str, pids: PidMode, verbose: bool, slurm: bool) -> Result<()> {
-    let sel = restore::select(std::path::Path::new(path))?;
+/// The site's policy from `TORPOR_ON_BAD_IMAGE` (absent: fail).
+fn bad_image_policy() -> Result<OnBadImage, String> {
+    match std::env::var(torpor_conf::env::TORPOR_ON_BAD_IMAGE) {
+        Err(std::env::VarError::NotPresent) => Ok(OnBadImage::Fail),
+        Ok(v) => OnBadImage::parse(&v)
+            .map_err(|e| format!("{}={v:?}: {e}", torpor_conf::env::TORPOR_ON_BAD_IMAGE)),
+        Err(e) => Err(format!("{}: {e}", torpor_conf::env::TORPOR_ON_BAD_IMAGE)),
+    }
+}
+
+fn resume(sel: restore::Selected, pids: PidMode, verbose: bool, slurm: bool) -> Result<()> {
     // Messages are printed by restore() once the job's output file has been put back
     // (printing them now would be erased with it).
     let err = match restore::restore(sel, STAGE2, pids, verbose, slurm) {

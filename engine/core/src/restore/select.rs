@@ -38,6 +38,18 @@ fn open_checked(img: &Path) -> Result<ImageReader, RestoreError> {
 }
 
 fn open_gen(gen_dir: &Path) -> Result<ImageReader, RestoreError> {
+    // The generation and its manifest must be the caller's too: another user must not be
+    // able to point us at images or captured files of their choosing.
+    for p in [gen_dir.to_path_buf(), gen_dir.join(MANIFEST)] {
+        let md = fs::symlink_metadata(&p).map_err(ioe(p.display().to_string()))?;
+        if md.uid() != my_uid() {
+            return Err(RestoreError::Owner {
+                path: p,
+                owner: md.uid(),
+                me: my_uid(),
+            });
+        }
+    }
     let m = fs::read(gen_dir.join(MANIFEST))
         .map_err(ioe(gen_dir.join(MANIFEST).display().to_string()))?;
     let m: torpor_image::store::Manifest =
