@@ -25,6 +25,7 @@ const PROGS: &[&str] = &[
     "tls",
     "counter_threads",
     "fdclean",
+    "fault_target",
 ];
 
 fn main() {

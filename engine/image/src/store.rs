@@ -8,6 +8,7 @@
 //!     proc-<pid>.img       one image per process
 //!     files/               captured file contents
 //!   .tmp-gen-000008-<pid>/ in progress; never taken for complete
+//!   .del-gen-000005-<pid>/ being pruned (renamed away first, then removed)
 //!   latest -> gen-000007   symlink replaced atomically (rename) after the commit
 //! ```
 
@@ -126,7 +127,15 @@ impl Store {
         };
         for e in rd.flatten() {
             let name = e.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".tmp-gen-")) else {
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            if name.starts_with(".del-gen-") {
+                // A pruned generation whose removal was cut off.
+                let _ = fs::remove_dir_all(e.path());
+                continue;
+            }
+            let Some(rest) = name.strip_prefix(".tmp-gen-") else {
                 continue;
             };
             let mut parts = rest.splitn(2, '-');
@@ -211,7 +220,14 @@ impl Store {
         if gens.len() > keep {
             for &n in &gens[..gens.len() - keep] {
                 if Some(n) != latest {
-                    let _ = fs::remove_dir_all(self.gen_dir(n));
+                    // Renamed out of the way first: a removal cut off half-way must not
+                    // leave a generation that looks complete with files missing.
+                    let doomed =
+                        self.dir
+                            .join(format!(".del-{}-{}", gen_name(n), std::process::id()));
+                    if fs::rename(self.gen_dir(n), &doomed).is_ok() {
+                        let _ = fs::remove_dir_all(&doomed);
+                    }
                 }
             }
         }

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cases;
+pub mod chaos;
 pub mod contract;
 pub mod output;
 pub mod process;

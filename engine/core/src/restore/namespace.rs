@@ -105,6 +105,10 @@ pub(super) fn enter_pid_namespace(orig_pid: i32) -> Result<(), String> {
     if let Err(e) = write_file("/proc/self/gid_map", &format!("{gid} {gid} 1")) {
         fatal("gid_map", e);
     }
+    // A handle on ourselves, for the child to tell whether we died before its
+    // PR_SET_PDEATHSIG took effect.
+    // SAFETY: pidfd_open of our own pid.
+    let me = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } as i32;
     // SAFETY: fork in a single-threaded process.
     let init = unsafe { libc::fork() };
     if init < 0 {
@@ -116,8 +120,21 @@ pub(super) fn enter_pid_namespace(orig_pid: i32) -> Result<(), String> {
     }
     // Pid 1 of the new namespace: if the waiting task process is killed (Slurm kills the
     // pid it tracks), take the namespace down with it.
-    // SAFETY: prctl on ourselves.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: prctl on ourselves; poll on the pidfd opened before the fork.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if me >= 0 {
+            let mut p = libc::pollfd {
+                fd: me,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut p, 1, 0) > 0 {
+                libc::_exit(137); // the waiting task process is already gone
+            }
+            libc::close(me);
+        }
+    }
     // Give it its own /proc so tids read there are ours.
     // SAFETY: mount calls with NUL-terminated strings, in our own mount namespace.
     unsafe {
