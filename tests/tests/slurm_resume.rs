@@ -284,6 +284,7 @@ fn stale_attempt_is_fenced(ctx: &Ctx) {
                 hostname: "stale".into(),
                 processes: vec![],
                 bytes: 0,
+                ..Default::default()
             })
         });
         ck.check(

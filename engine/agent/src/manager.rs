@@ -310,6 +310,7 @@ fn child_write(a: &ChildArgs, ws: u64, we: u64) -> Result<(), String> {
             hostname: host.trim().to_string(),
             processes: vec![cap.process],
             bytes: cap.bytes,
+            ..Default::default()
         })
         .map_err(|e| e.to_string())?;
     Ok(())

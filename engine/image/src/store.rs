@@ -12,6 +12,7 @@
 //!   latest -> gen-000007   symlink replaced atomically (rename) after the commit
 //! ```
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -19,11 +20,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Name of the generation manifest inside a generation directory.
 pub const MANIFEST: &str = "manifest.json";
 /// Name of the pointer to the newest complete generation.
 pub const LATEST: &str = "latest";
+/// Directory of captured file copies inside a generation directory.
+pub const FILES: &str = "files";
 
 /// Errors of the generation store.
 #[derive(Debug, Error)]
@@ -50,6 +54,8 @@ pub enum StoreError {
     },
     #[error("{dir}: no complete generation")]
     Empty { dir: PathBuf },
+    #[error("{path}: {what}")]
+    Damaged { path: PathBuf, what: String },
     #[error(transparent)]
     Unsafe(#[from] crate::safedir::SafeDirError),
 }
@@ -70,7 +76,9 @@ pub struct ManifestProcess {
 }
 
 /// The manifest of one generation, written last inside the temporary directory.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Unknown fields are refused, so that a damaged field name cannot hide the checksum.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub generation: u64,
     pub attempt: u32,
@@ -80,6 +88,97 @@ pub struct Manifest {
     /// Total bytes of the generation's files.
     #[serde(default)]
     pub bytes: u64,
+    /// xxh3-64 (hex) of every captured file under `files/`, by name (filled by commit).
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// xxh3-64 (hex) of this manifest serialized with `checksum` = null (filled by commit).
+    #[serde(default)]
+    pub checksum: Option<String>,
+}
+
+impl Manifest {
+    const KEY: &'static [u8] = b"\"checksum\"";
+
+    /// The manifest as written: pretty JSON whose last field, `checksum`, is the xxh3-64
+    /// of every byte before it (computed on bytes, so it never depends on how floats
+    /// re-parse).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut m = self.clone();
+        m.checksum = Some("0".repeat(16));
+        let mut body = serde_json::to_vec_pretty(&m)?;
+        if let Some(at) = find_last(&body, Self::KEY) {
+            let sum = format!("{:016x}", xxh3_64(&body[..at]));
+            if let Some(v) = find_last(&body, b"0000000000000000") {
+                body[v..v + 16].copy_from_slice(sum.as_bytes());
+            }
+        }
+        Ok(body)
+    }
+
+    /// Parses a manifest and checks its own checksum.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Manifest, StoreError> {
+        let damaged = |what: &str| StoreError::Damaged {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        };
+        let at = find_last(bytes, Self::KEY).ok_or_else(|| damaged("manifest has no checksum"))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|source| StoreError::Manifest {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if m.checksum.as_deref() != Some(format!("{:016x}", xxh3_64(&bytes[..at])).as_str()) {
+            return Err(damaged("manifest checksum mismatch"));
+        }
+        Ok(m)
+    }
+
+    /// Checks every captured file of generation directory `gen_dir` against its checksum.
+    pub fn verify_files(&self, gen_dir: &Path) -> Result<(), StoreError> {
+        for (name, sum) in &self.files {
+            if name.contains('/') || name.starts_with('.') {
+                return Err(StoreError::Damaged {
+                    path: gen_dir.join(MANIFEST),
+                    what: format!("bad captured file name {name:?}"),
+                });
+            }
+            let p = gen_dir.join(FILES).join(name);
+            let b = fs::read(&p).map_err(io(&p, "read"))?;
+            if format!("{:016x}", xxh3_64(&b)) != *sum {
+                return Err(StoreError::Damaged {
+                    path: p,
+                    what: format!("checksum mismatch in captured file ({} bytes)", b.len()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn find_last(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
+/// Checksums of the regular files directly under `dir` (captured file copies).
+fn file_sums(dir: &Path) -> Result<BTreeMap<String, String>, StoreError> {
+    let mut out = BTreeMap::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(dir, "read directory")(e)),
+    };
+    for e in rd {
+        let e = e.map_err(io(dir, "read directory"))?;
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let p = e.path();
+        if !e.file_type().map_err(io(&p, "stat"))?.is_file() {
+            continue;
+        }
+        let b = fs::read(&p).map_err(io(&p, "read"))?;
+        out.insert(name, format!("{:016x}", xxh3_64(&b)));
+    }
+    Ok(out)
 }
 
 /// The image directory of one program.
@@ -187,7 +286,7 @@ impl Store {
     pub fn manifest(&self, n: u64) -> Result<Manifest, StoreError> {
         let p = self.gen_dir(n).join(MANIFEST);
         let b = fs::read(&p).map_err(io(&p, "read"))?;
-        serde_json::from_slice(&b).map_err(|source| StoreError::Manifest { path: p, source })
+        Manifest::parse(&b, &p)
     }
 
     /// Starts generation `latest + 1` for job attempt `attempt`.
@@ -292,7 +391,8 @@ impl Pending {
         }
         manifest.generation = self.n;
         manifest.attempt = self.attempt;
-        let body = serde_json::to_vec_pretty(&manifest).map_err(|source| StoreError::Manifest {
+        manifest.files = file_sums(&self.tmp.join(FILES))?;
+        let body = manifest.to_bytes().map_err(|source| StoreError::Manifest {
             path: self.tmp.join(MANIFEST),
             source,
         })?;
@@ -341,12 +441,34 @@ mod tests {
 
     fn manifest() -> Manifest {
         Manifest {
-            generation: 0,
-            attempt: 0,
-            time_unix: 0.0,
             hostname: "h".into(),
-            processes: vec![],
-            bytes: 0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn manifest_and_captured_files_are_checksummed() {
+        let s = Store::new(tmp("sums"));
+        let p = s.begin(0).unwrap();
+        fs::create_dir(p.path().join(FILES)).unwrap();
+        fs::write(p.path().join(FILES).join("f0"), b"hello").unwrap();
+        let g = p.commit(manifest()).unwrap();
+        let m = s.manifest(1).unwrap();
+        assert_eq!(m.files.len(), 1);
+        m.verify_files(&g).unwrap();
+        fs::write(g.join(FILES).join("f0"), b"hellp").unwrap();
+        assert!(matches!(
+            m.verify_files(&g),
+            Err(StoreError::Damaged { .. })
+        ));
+        let raw = fs::read(g.join(MANIFEST)).unwrap();
+        for at in 0..raw.len() {
+            let mut b = raw.clone();
+            b[at] ^= 0x04;
+            assert!(
+                Manifest::parse(&b, &g).is_err(),
+                "flip at {at} not detected"
+            );
         }
     }
 

@@ -85,6 +85,7 @@ fn run() -> Result<()> {
         Err(
             e @ (RestoreError::NoValidGeneration { .. }
             | RestoreError::Image(_)
+            | RestoreError::Store(_)
             | RestoreError::Owner { .. }),
         ) if slurm => {
             let e = anyhow::Error::from(e);

@@ -34,6 +34,8 @@ pub enum RestoreError {
     NoValidGeneration { dir: PathBuf, reasons: Vec<String> },
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Store(#[from] torpor_image::store::StoreError),
     #[error("{path}: owned by uid {owner}; only that user may restore it (you are uid {me})")]
     Owner { path: PathBuf, owner: u32, me: u32 },
     #[error("the kernel differs from the one that wrote the image ({what}); restore on a node with kernel {kernel}")]

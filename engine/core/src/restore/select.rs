@@ -52,11 +52,10 @@ fn open_gen(gen_dir: &Path) -> Result<ImageReader, RestoreError> {
     }
     let m = fs::read(gen_dir.join(MANIFEST))
         .map_err(ioe(gen_dir.join(MANIFEST).display().to_string()))?;
-    let m: torpor_image::store::Manifest =
-        serde_json::from_slice(&m).map_err(|e| RestoreError::Io {
-            what: format!("{}: manifest", gen_dir.display()),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?;
+    let m = torpor_image::store::Manifest::parse(&m, &gen_dir.join(MANIFEST))?;
+    // Captured file copies (deleted files, shared mappings, job output) are put back
+    // before the point of no return: they must be intact too.
+    m.verify_files(gen_dir)?;
     let p = m
         .processes
         .first()
