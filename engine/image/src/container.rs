@@ -56,7 +56,7 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a torpor image (bad magic)")]
+    #[error("{path}: not a torpor image (bad magic at offset 0)")]
     BadMagic { path: PathBuf },
     #[error("{path}: image format {major}.{minor} is not supported (this torpor reads {FORMAT_MAJOR}.x)")]
     UnsupportedVersion {
@@ -64,7 +64,7 @@ pub enum ImageError {
         major: u16,
         minor: u16,
     },
-    #[error("{path}: truncated at offset {offset} (file is {len} bytes)")]
+    #[error("{path}: truncated or cut off at offset {offset} (file is {len} bytes; no valid trailer there)")]
     Truncated {
         path: PathBuf,
         offset: u64,
@@ -247,7 +247,14 @@ impl ImageReader {
         let mut t = [0u8; 64];
         file.read_exact_at(&mut t, len - TRAILER_LEN)
             .map_err(io(path, "read trailer"))?;
-        if &t[0..8] != TRAILER_MAGIC || u64_at(&t, 56) != xxh3_64(&t[0..56]) {
+        if &t[0..8] == TRAILER_MAGIC && u64_at(&t, 56) != xxh3_64(&t[0..56]) {
+            return Err(ImageError::Checksum {
+                path: path.into(),
+                what: "trailer".into(),
+                offset: len - TRAILER_LEN,
+            });
+        }
+        if &t[0..8] != TRAILER_MAGIC {
             // A missing or damaged trailer is what a cut-off write leaves behind.
             return Err(ImageError::Truncated {
                 path: path.into(),
@@ -330,7 +337,12 @@ impl ImageReader {
             if xxh3_64(&buf) != c.checksum {
                 return Err(ImageError::Checksum {
                     path: self.path.clone(),
-                    what: format!("chunk {i} (pages at {:#x})", c.vaddr),
+                    what: format!(
+                        "chunk {i} (pages at {:#x}, bytes {}..{} of the file)",
+                        c.vaddr,
+                        c.offset,
+                        c.offset + c.stored_len
+                    ),
                     offset: c.offset,
                 });
             }
