@@ -26,6 +26,7 @@ const PROGS: &[&str] = &[
     "counter_threads",
     "fdclean",
     "fault_target",
+    "grow",
 ];
 
 fn main() {

@@ -77,11 +77,22 @@ pub const TARGET_COMM: &str = "fault_target";
 impl Target {
     /// Installs `fault_target STEPS MIB` in a fresh workspace for `runner`.
     pub fn new(label: &str, runner: RunAs, steps: u32, mib: u32) -> Result<Target> {
+        Target::program(label, runner, "fault_target", steps, &[mib])
+    }
+
+    /// Installs suite program `name` with arguments `first rest...`.
+    pub fn program(
+        label: &str,
+        runner: RunAs,
+        name: &'static str,
+        first: u32,
+        rest: &[u32],
+    ) -> Result<Target> {
         let ws = Workspace::new(label, &runner)?;
         let contract = ws.engine_for(&Contract::locate()?, &runner)?;
         ws.install_fdclean()?;
-        let mut argv = ws.install(&Program::Native("fault_target"), steps)?;
-        argv.push(mib.to_string().into());
+        let mut argv = ws.install(&Program::Native(name), first)?;
+        argv.extend(rest.iter().map(|a| OsString::from(a.to_string())));
         Ok(Target {
             ws,
             contract,
