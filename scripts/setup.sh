@@ -5,6 +5,9 @@
 set -euo pipefail
 
 TEST_USER=${TORPOR_TEST_USER:-torpor-test}
+# A second unprivileged user: the security tests check that it cannot read, restore or
+# redirect the first one's images.
+TEST_USER2=${TORPOR_TEST_USER2:-torpor-test2}
 PACKAGES=(slurmctld slurmd slurm-client libslurm-dev munge libclang-dev clang
           python3 perl sqlite3 rpm gcc make util-linux procps)
 
@@ -28,10 +31,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-if ! id "$TEST_USER" >/dev/null 2>&1; then
-    echo "setup.sh: creating test user $TEST_USER"
-    $SUDO useradd --create-home --shell /bin/bash "$TEST_USER"
-fi
+for u in "$TEST_USER" "$TEST_USER2"; do
+    if ! id "$u" >/dev/null 2>&1; then
+        echo "setup.sh: creating test user $u"
+        $SUDO useradd --create-home --shell /bin/bash "$u"
+    fi
+done
 
 if ! command -v cargo >/dev/null; then
     echo "setup.sh: cargo not found: install rustup (https://rustup.rs); rust-toolchain.toml pins the version" >&2
@@ -42,4 +47,4 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup.sh: installing cargo-nextest"
     cargo install --locked cargo-nextest
 fi
-echo "setup.sh: ok (Slurm $(sinfo --version 2>/dev/null | awk '{print $2}'), test user $TEST_USER)"
+echo "setup.sh: ok (Slurm $(sinfo --version 2>/dev/null | awk '{print $2}'), test users $TEST_USER, $TEST_USER2)"

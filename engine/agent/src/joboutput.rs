@@ -12,7 +12,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::OnceLock;
@@ -61,12 +61,7 @@ fn put_back(fd: i32, saved: &Path) -> std::io::Result<()> {
 /// Called in the batch shell's agent at start.
 pub fn init(root: &Path, job: &str, attempt: u32) {
     let dir = root.join(job).join("output");
-    if fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .is_err()
-    {
+    if torpor_image::safedir::ensure_private_dir(&dir).is_err() {
         return;
     }
     if attempt > 0 {

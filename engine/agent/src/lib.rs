@@ -351,13 +351,25 @@ fn report(cfg: &Config, request: i32, out: &Outcome) {
     let tmp = cfg.dir.join(format!(".status-{}", sys::getpid()));
     let body = status.to_string();
     let fin = cfg.dir.join("status.json");
-    if std::fs::write(&tmp, &body).is_ok() {
+    let write = |p: &std::path::Path| -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)?
+            .write_all(body.as_bytes())
+    };
+    if write(&tmp).is_ok() {
         let _ = std::fs::rename(&tmp, &fin);
     } else {
         // Disk full: the atomic copy may not fit; rewrite the old file in place (it fits
         // in the blocks the previous status held) so that the failure is still reported.
         let _ = std::fs::remove_file(&tmp);
-        if let Err(e) = std::fs::write(&fin, &body) {
+        if let Err(e) = write(&fin) {
             eprintln!("torpor: cannot write {}: {e}", fin.display());
         }
     }

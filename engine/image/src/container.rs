@@ -454,8 +454,47 @@ fn validate(m: &ProcessMeta, data_end: u64) -> Result<(), String> {
             return Err(format!("fd {} out of range", f.fd));
         }
     }
+    let in_region = |a: u64| m.regions.iter().any(|r| r.start <= a && a < r.end);
+    for t in &m.threads {
+        // Stage 2 jumps into the saved context: it must lie in memory the image maps.
+        if !in_region(t.ctx_addr) {
+            return Err(format!(
+                "thread {} context at {:#x} is outside the saved memory",
+                t.tid, t.ctx_addr
+            ));
+        }
+    }
+    let mm = &m.mm;
+    for (name, a) in [
+        ("start_code", mm.start_code),
+        ("end_code", mm.end_code),
+        ("start_data", mm.start_data),
+        ("end_data", mm.end_data),
+        ("start_brk", mm.start_brk),
+        ("brk", mm.brk),
+        ("start_stack", mm.start_stack),
+        ("arg_start", mm.arg_start),
+        ("arg_end", mm.arg_end),
+        ("env_start", mm.env_start),
+        ("env_end", mm.env_end),
+    ] {
+        if a > USER_SPACE_END {
+            return Err(format!("mm {name} {a:#x} is outside user space"));
+        }
+    }
+    if m.auxv.len() > MAX_AUXV || m.sigactions.len() > 64 || m.locks.len() > MAX_FDS {
+        return Err(format!(
+            "{} auxv entries, {} signal actions, {} locks",
+            m.auxv.len(),
+            m.sigactions.len(),
+            m.locks.len()
+        ));
+    }
     Ok(())
 }
+
+/// Upper bound on auxiliary vector entries (the kernel writes about 20).
+const MAX_AUXV: usize = 256;
 
 #[cfg(test)]
 mod tests {
@@ -468,6 +507,7 @@ mod tests {
             threads: vec![ThreadMeta {
                 tid: 7,
                 is_main: true,
+                ctx_addr: 0x10100,
                 ..Default::default()
             }],
             regions: vec![Region {

@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 
 /// The unprivileged user the nonroot variant runs as.
 pub const TEST_USER: &str = "torpor-test";
+/// A second unprivileged user, for the security tests (user B against torpor-test's A).
+pub const TEST_USER2: &str = "torpor-test2";
 
 /// Whom commands run as.
 #[derive(Debug, Clone)]
@@ -57,10 +59,23 @@ impl RunAs {
         if euid()? != 0 {
             return Ok(RunAs::Me);
         }
+        RunAs::named(TEST_USER)
+    }
+
+    /// The second unprivileged user (`torpor-test2`), created if needed; only when the
+    /// harness is root (`None` otherwise).
+    pub fn second() -> Result<Option<RunAs>> {
+        if euid()? != 0 {
+            return Ok(None);
+        }
+        RunAs::named(TEST_USER2).map(Some)
+    }
+
+    fn named(user: &str) -> Result<RunAs> {
         for attempt in 0..20 {
-            if let (Some(uid), Some(gid)) = (id_of(TEST_USER, "-u"), id_of(TEST_USER, "-g")) {
+            if let (Some(uid), Some(gid)) = (id_of(user, "-u"), id_of(user, "-g")) {
                 return Ok(RunAs::User {
-                    name: TEST_USER.to_string(),
+                    name: user.to_string(),
                     uid,
                     gid,
                 });
@@ -75,14 +90,14 @@ impl RunAs {
                     "/nonexistent",
                     "--shell",
                     "/usr/sbin/nologin",
-                    TEST_USER,
+                    user,
                 ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
             std::thread::sleep(Duration::from_millis(100 * (attempt % 5 + 1)));
         }
-        bail!("cannot find or create the user {TEST_USER} (useradd failed)")
+        bail!("cannot find or create the user {user} (useradd failed)")
     }
 
     /// A command running `program args` as this user.
