@@ -217,7 +217,7 @@ fn open_dir(path: &Path, create: bool) -> Result<OwnedFd, SafeDirError> {
                         why: "not a directory".into(),
                     });
                 }
-                if me != 0 && st.st_uid != 0 && st.st_uid != me && Some(st.st_uid) != unmapped {
+                if st.st_uid != 0 && st.st_uid != me && Some(st.st_uid) != unmapped {
                     return Err(SafeDirError::Unsafe {
                         path: at,
                         why: format!(

@@ -84,10 +84,7 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
         });
     }
     let store = Store::new(path);
-    let gens = store.generations().map_err(|e| RestoreError::Io {
-        what: e.to_string(),
-        source: std::io::Error::other("store"),
-    })?;
+    let gens = store.generations()?;
     if gens.is_empty() {
         return Err(RestoreError::NoImage(path.into()));
     }
