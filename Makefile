@@ -5,7 +5,7 @@
 # `foo` to TEST_SUITES (one line each).
 
 CARGO ?= cargo
-TEST_SUITES := unit engine slurm
+TEST_SUITES := unit engine slurm fuzz
 
 .PHONY: all setup fmt-check clippy build test demo $(addprefix test-,$(TEST_SUITES))
 
@@ -35,6 +35,19 @@ test-engine: build
 # Real Slurm: each test binary starts its own cluster (munged, slurmctld, n1..n3) in /tmp.
 test-slurm: build
 	$(CARGO) test -p torpor-tests -- --nocapture
+
+# Fuzzing (cargo-fuzz, libFuzzer) of the image decoder and of option/config parsing:
+# each target runs FUZZ_SECS seconds from the seeds in fuzz/seeds plus the corpus kept in
+# target/fuzz-corpus. Builds on the pinned stable toolchain with --sanitizer none.
+FUZZ_SECS ?= 30
+FUZZ_TARGETS := image_decode config_parse
+test-fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p ../target/fuzz-corpus/$$t && \
+		$(CARGO) fuzz run --sanitizer none -O $$t ../target/fuzz-corpus/$$t seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECS) -rss_limit_mb=2048 -timeout=10 || exit 1; \
+	done
 
 test: setup fmt-check clippy build $(addprefix test-,$(TEST_SUITES))
 	@echo "make test: all suites passed ($(TEST_SUITES))"

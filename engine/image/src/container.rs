@@ -409,7 +409,13 @@ impl ImageReader {
     }
 }
 
-/// Structural checks on metadata, before anything is trusted or mapped.
+/// Structural checks on metadata, before anything is trusted or mapped: `ImageReader`
+/// applies them to every image; public for tools and the fuzz target. `data_end` is the
+/// offset where the metadata starts (chunks must end before it).
+pub fn validate_meta(m: &ProcessMeta, data_end: u64) -> Result<(), String> {
+    validate(m, data_end)
+}
+
 fn validate(m: &ProcessMeta, data_end: u64) -> Result<(), String> {
     if m.threads.is_empty() || m.threads.len() > MAX_THREADS {
         return Err(format!("{} threads", m.threads.len()));
