@@ -208,7 +208,12 @@ fn inject(
                         c.restore_stage1 += 1;
                     }
                 }
-                chaos::poll(Duration::from_secs(5), || restored_pid_any(argv).is_none());
+                if !chaos::poll(Duration::from_secs(5), || restored_pid_any(argv).is_none()) {
+                    bail!(
+                        "a process of the killed restore ({stage}) survived: {:?}",
+                        restored_pid_any(argv)
+                    );
+                }
                 if chaos::generations(images) != before {
                     bail!(
                         "a killed restore changed the generations: {before:?} -> {:?}",
