@@ -23,19 +23,33 @@ fn damage_images(dir: &Path) -> usize {
     };
     for e in rd.flatten() {
         let p = e.path();
-        if p.is_dir() {
+        // Not through `latest` (a symlink to a generation: it would undo the flip).
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
             n += damage_images(&p);
         } else if p.extension().is_some_and(|x| x == "img") {
             if let Ok(mut b) = std::fs::read(&p) {
                 let mid = b.len() / 2;
                 b[mid] ^= 0x5a;
                 if std::fs::write(&p, b).is_ok() {
+                    eprintln!("  damaged {} at offset {mid}", p.display());
                     n += 1;
                 }
             }
         }
     }
     n
+}
+
+/// Whether a `counter` process exists anywhere (the nodes' pid namespaces are visible
+/// from the host).
+fn counter_running() -> bool {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "counter")
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// Submits the counter, waits for a generation, requeues and holds the job, damages every
@@ -48,6 +62,12 @@ fn run_with_damaged_images(ctx: &Ctx, tag: &str) -> (JobId, String, String, Path
         .root_cmd("scontrol", &["requeuehold", &job.to_string()])
         .expect("scontrol requeuehold");
     let _ = ctx.wait_stopped(job);
+    // The job is PENDING at once; its program may still be writing the final checkpoint.
+    ctx.c
+        .wait_for("the counter to be gone", Duration::from_secs(60), || {
+            Ok(!counter_running())
+        })
+        .expect("the program ends after the requeue");
     let damaged: usize = dirs.iter().map(|d| damage_images(d)).sum();
     eprintln!("  damaged {damaged} image file(s); releasing job {job}");
     assert!(damaged > 0, "no image to damage in {dirs:?}");
@@ -110,7 +130,10 @@ fn slurm_bad_image() {
         reference,
     };
     let all: &[Case<'_, Ctx>] = &[
-        ("default_policy_fails_the_task", &default_policy_fails_the_task),
+        (
+            "default_policy_fails_the_task",
+            &default_policy_fails_the_task,
+        ),
         ("fresh_policy_starts_over", &fresh_policy_starts_over),
     ];
     cases::run(&ctx, all);
