@@ -357,13 +357,20 @@ fn inject(
     Ok((result, c))
 }
 
-/// Any live process that is the program (after its restore tree was killed).
+/// Any live process that is the program under torpor (after its restore tree was
+/// killed); the uninterrupted reference run has the same argv but no `TORPOR_DIR`.
 fn restored_pid_any(argv: &[String]) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|&p| process::cmdline(p).as_deref() == Some(argv))
+        .find(|&p| {
+            process::cmdline(p).as_deref() == Some(argv)
+                && std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|env| {
+                    env.split(|&b| b == 0)
+                        .any(|kv| kv.starts_with(b"TORPOR_DIR="))
+                })
+        })
 }
 
 #[test]
