@@ -9,7 +9,7 @@ TEST_USER=${TORPOR_TEST_USER:-torpor-test}
 # redirect the first one's images.
 TEST_USER2=${TORPOR_TEST_USER2:-torpor-test2}
 PACKAGES=(slurmctld slurmd slurm-client libslurm-dev munge libclang-dev clang
-          python3 perl sqlite3 rpm gcc make util-linux procps)
+          python3 perl sqlite3 rpm gcc g++ make util-linux procps)
 
 SUDO=
 if [ "$(id -u)" -ne 0 ]; then
@@ -46,5 +46,10 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup.sh: installing cargo-nextest"
     cargo install --locked cargo-nextest
+fi
+# make test-fuzz: cargo-fuzz (libFuzzer is built with the C++ compiler above).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "setup.sh: installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
 fi
 echo "setup.sh: ok (Slurm $(sinfo --version 2>/dev/null | awk '{print $2}'), test users $TEST_USER, $TEST_USER2)"
