@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub const INERT_VAR: &str = "TORPOR_INERT";
 
 /// Programs that are never checkpoint targets: shells (the batch script reruns from the
-/// top anyway), Slurm's clients and torpor's own tools.
+/// top anyway), Slurm's clients, torpor's own tools and id-changing launchers.
 const SKIP: &[&str] = &[
     "bash",
     "sh",
@@ -48,6 +48,13 @@ const SKIP: &[&str] = &[
     "torpor",
     "torpor-restore",
     "slurmstepd",
+    // Launchers that change ids and exec the real program: an extra thread breaks their
+    // per-thread capability juggling (glibc aborts a setresgid that succeeds in one
+    // thread and fails in another).
+    "setpriv",
+    "su",
+    "sudo",
+    "runuser",
 ];
 
 /// The executable's base name (from /proc/self/exe, not argv[0]).
