@@ -206,6 +206,14 @@ impl ImageReader {
     /// Like [`ImageReader::open`] on an already opened file.
     pub fn from_file(mut file: File, path: &Path) -> Result<Self, ImageError> {
         let len = file.seek(SeekFrom::End(0)).map_err(io(path, "seek"))?;
+        let mut magic = [0u8; 8];
+        if len >= 8 {
+            file.read_exact_at(&mut magic, 0)
+                .map_err(io(path, "read header"))?;
+            if &magic != MAGIC {
+                return Err(ImageError::BadMagic { path: path.into() });
+            }
+        }
         if len < HEADER_LEN + TRAILER_LEN {
             return Err(ImageError::Truncated {
                 path: path.into(),
