@@ -7,7 +7,7 @@
 CARGO ?= cargo
 TEST_SUITES := unit engine slurm fuzz
 
-.PHONY: all setup fmt-check clippy build test demo $(addprefix test-,$(TEST_SUITES))
+.PHONY: all setup fmt-check clippy build test demo bench $(addprefix test-,$(TEST_SUITES))
 
 all: build
 
@@ -54,3 +54,10 @@ test: setup fmt-check clippy build $(addprefix test-,$(TEST_SUITES))
 
 demo: setup build
 	bash scripts/demo.sh
+
+# Benchmark (issue 7), not a test: machine limits (dd, memcpy), then checkpoint/restore of
+# 1 and 4 GiB programs, printed against those limits and the targets; JSON in
+# target/bench/results.json. `make bench BENCH_ARGS=--quick` runs 256 MiB only.
+BENCH_ARGS ?=
+bench: build
+	$(CARGO) run --release -p torpor-bench -- $(BENCH_ARGS)
