@@ -11,6 +11,7 @@ fn main() {
     let dst = out.join("torpor-restore-stage2");
     println!("cargo:rerun-if-changed=stage2/main.rs");
     println!("cargo:rerun-if-changed=../core/src/plan.rs");
+    println!("cargo:rerun-if-changed=../core/src/lz4.rs");
     let status = Command::new(rustc)
         .args([
             "--edition=2021",

@@ -2,6 +2,7 @@
 //! (run by `torpor-restore`), shared by the agent and the restorer.
 
 pub mod capture;
+pub mod lz4;
 pub mod plan;
 pub mod procmaps;
 pub mod records;

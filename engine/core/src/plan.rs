@@ -18,6 +18,8 @@ pub const PLAN_ADDR: u64 = 0x3f40_0000_0000;
 pub const STACKS_ADDR: u64 = 0x3f50_0000_0000;
 /// Size of each of those stacks.
 pub const THREAD_STACK: u64 = 64 * 1024;
+/// Where stage 2 maps its scratch buffer for compressed chunks (`scratch_len` bytes).
+pub const SCRATCH_ADDR: u64 = 0x3f60_0000_0000;
 /// Parking spot for the vdso/vvar while they move.
 pub const PARK_ADDR: u64 = 0x3f80_0000_0000;
 /// End of the address range the restorer occupies; image regions must not overlap
@@ -29,6 +31,11 @@ pub const KIND_FILE_PRIVATE: u32 = 1;
 pub const KIND_FILE_SHARED: u32 = 2;
 pub const KIND_SHARED_ANON: u32 = 3;
 pub const KIND_STACK: u32 = 4;
+
+/// `PlanExtent::codec`: the stored bytes are the pages.
+pub const CODEC_RAW: u64 = 0;
+/// `PlanExtent::codec`: one LZ4 block that decodes to exactly `len` bytes.
+pub const CODEC_LZ4: u64 = 1;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,6 +78,9 @@ pub struct PlanHeader {
     pub drop_caps: u64,
     /// Job attempt of the restoring run plus one (0 = unknown), handed to the agent.
     pub attempt_plus1: u64,
+    /// Size of the scratch buffer for compressed chunks (largest stored length of a
+    /// compressed extent, page aligned); 0: no compressed extent.
+    pub scratch_len: u64,
 }
 
 #[repr(C)]
@@ -100,13 +110,16 @@ pub struct PlanRegion {
     pub nextents: u64,
 }
 
-/// Bytes to read from the image file into memory.
+/// Bytes to read from the image file into memory: `len` bytes at `vaddr` from
+/// `stored_len` bytes at `file_off`, decoded by `codec`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlanExtent {
     pub vaddr: u64,
     pub len: u64,
     pub file_off: u64,
+    pub stored_len: u64,
+    pub codec: u64,
 }
 
 #[repr(C)]

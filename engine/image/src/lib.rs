@@ -11,8 +11,11 @@ pub mod store;
 pub use container::{ImageError, ImageReader, ImageWriter};
 pub use meta::*;
 
-/// Major version of the image format. Readers reject other majors.
-pub const FORMAT_MAJOR: u16 = 1;
+/// Major version of the image format written. 2: chunks may be LZ4-compressed (ADR 0004).
+pub const FORMAT_MAJOR: u16 = 2;
+/// Oldest major version still read: 1.x images hold raw chunks only, which 2.x readers
+/// handle unchanged. Readers reject majors outside `MIN_READ_MAJOR..=FORMAT_MAJOR`.
+pub const MIN_READ_MAJOR: u16 = 1;
 /// Minor version of the image format. New optional fields bump it; older readers still read.
 pub const FORMAT_MINOR: u16 = 0;
 /// Size of a page on the only supported architecture (x86_64).

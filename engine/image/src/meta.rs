@@ -184,6 +184,10 @@ pub struct Region {
     pub file: Option<FileId>,
     /// Pages of this region stored in the image.
     pub pages_saved: u64,
+    /// Pages the program had touched that were all zeros: not stored, left as fresh
+    /// (zero) memory by the restore. Format 2.0.
+    #[serde(default)]
+    pub pages_zero: u64,
     /// Extra flags (`dontfork`, `wipeonfork`, `hugepage`, `growsdown`, `noreserve`).
     #[serde(default)]
     pub flags: Vec<String>,
@@ -207,7 +211,11 @@ pub struct FileId {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Codec {
+    /// The page bytes themselves, at a page-aligned file offset.
     Raw,
+    /// An LZ4 block (no frame, no size prefix) that decodes to exactly `len` bytes.
+    /// Stored only when smaller than the pages; at any file offset (ADR 0004).
+    Lz4,
 }
 
 /// A run of consecutive saved pages stored contiguously in the data section.
@@ -217,7 +225,7 @@ pub struct Chunk {
     pub vaddr: u64,
     /// Uncompressed length in bytes (a multiple of the page size).
     pub len: u64,
-    /// Byte offset of the stored bytes in the image file (page aligned).
+    /// Byte offset of the stored bytes in the image file (page aligned for `raw`).
     pub offset: u64,
     /// Stored length in bytes.
     pub stored_len: u64,
@@ -304,5 +312,10 @@ impl ProcessMeta {
     /// Sum of the page counts saved across regions.
     pub fn pages_saved(&self) -> u64 {
         self.regions.iter().map(|r| r.pages_saved).sum()
+    }
+
+    /// Sum of the all-zero pages skipped across regions.
+    pub fn pages_zero(&self) -> u64 {
+        self.regions.iter().map(|r| r.pages_zero).sum()
     }
 }

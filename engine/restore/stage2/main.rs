@@ -14,6 +14,9 @@
 #[allow(dead_code)]
 mod plan;
 
+#[path = "../../core/src/lz4.rs"]
+mod lz4;
+
 use core::arch::{asm, naked_asm};
 use plan::*;
 
@@ -24,6 +27,7 @@ const MAP_ANON: u64 = 0x20;
 const MAP_GROWSDOWN: u64 = 0x100;
 const MAP_NORESERVE: u64 = 0x4000;
 const PROT_RW: u64 = 3;
+const MADV_POPULATE_WRITE: u64 = 23;
 
 #[repr(C, align(16))]
 struct Stack([u8; 65536]);
@@ -55,6 +59,7 @@ mod nr {
     pub const MMAP: u64 = 9;
     pub const MPROTECT: u64 = 10;
     pub const MUNMAP: u64 = 11;
+    pub const MADVISE: u64 = 28;
     pub const RT_SIGACTION: u64 = 13;
     pub const RT_SIGPROCMASK: u64 = 14;
     pub const PREAD: u64 = 17;
@@ -126,8 +131,9 @@ pub unsafe extern "C" fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
-    if (d as usize) < (s as usize) {
-        // SAFETY: forward copy is correct when the destination is below the source.
+    if (d as usize) < (s as usize) || (d as usize) >= (s as usize).wrapping_add(n) {
+        // SAFETY: forward copy is correct when the destination is below the source or
+        // the ranges do not overlap.
         unsafe { memcpy(d, s, n) }
     } else {
         let mut i = n;
@@ -393,18 +399,48 @@ fn move_vdso(sp: &Special) {
     }
 }
 
+/// Reads `len` bytes at file offset `off` of the image into `to`.
+fn pread_full(to: u64, len: u64, off: u64) {
+    let fd = hdr().image_fd as u64;
+    let mut done = 0u64;
+    while done < len {
+        // SAFETY: the destination is mapped writable by the caller for `len` bytes.
+        let n = unsafe { sc(nr::PREAD, fd, to + done, len - done, off + done, 0, 0) };
+        if n <= 0 {
+            die(b"reading the image", n);
+        }
+        done += n as u64;
+    }
+}
+
 fn read_extents(r: &PlanRegion) {
     let h = hdr();
     let ext: &[PlanExtent] = table(h.extents_off, h.nextents);
     for e in &ext[r.first_extent as usize..(r.first_extent + r.nextents) as usize] {
-        let mut done = 0u64;
-        while done < e.len {
-            // SAFETY: the destination lies inside region r, mapped writable above.
-            let n = unsafe { sc(nr::PREAD, h.image_fd as u64, e.vaddr + done, e.len - done, e.file_off + done, 0, 0) };
-            if n <= 0 {
-                die(b"reading the image", n);
+        // Allocate the extent's pages in one call rather than one fault per page (a
+        // fault costs ~1 us in a VM; failure, e.g. an older kernel, just means faults).
+        // SAFETY: MADV_POPULATE_WRITE on part of region r, mapped writable.
+        unsafe { sc(nr::MADVISE, e.vaddr, e.len, MADV_POPULATE_WRITE, 0, 0, 0) };
+        match e.codec {
+            CODEC_RAW => pread_full(e.vaddr, e.len, e.file_off),
+            CODEC_LZ4 => {
+                if e.stored_len > h.scratch_len {
+                    die(b"compressed chunk larger than the scratch buffer", e.vaddr as i64);
+                }
+                pread_full(SCRATCH_ADDR, e.stored_len, e.file_off);
+                // SAFETY: the scratch buffer holds stored_len bytes just read; the
+                // destination lies inside region r, mapped writable for `len` bytes.
+                let (src, dst) = unsafe {
+                    (
+                        core::slice::from_raw_parts(SCRATCH_ADDR as *const u8, e.stored_len as usize),
+                        core::slice::from_raw_parts_mut(e.vaddr as *mut u8, e.len as usize),
+                    )
+                };
+                if lz4::decode_block(src, dst) != Some(e.len as usize) {
+                    die(b"decoding a compressed chunk", e.vaddr as i64);
+                }
             }
-            done += n as u64;
+            _ => die(b"unknown chunk codec", e.codec as i64),
         }
     }
 }
@@ -566,7 +602,18 @@ unsafe extern "C" fn rmain(sp: *const u64) -> ! {
     let plan_end = (PLAN_ADDR + plan_len + 4095) & !4095;
     let sp_special = clear_address_space([(lo, hi), (PLAN_ADDR, plan_end)]);
     move_vdso(&sp_special);
+    if h.scratch_len > 0 {
+        // SAFETY: fresh anonymous memory in the restorer's range for compressed chunks.
+        let got = unsafe { sc(nr::MMAP, SCRATCH_ADDR, h.scratch_len, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED_NOREPLACE, u64::MAX, 0) };
+        if got as u64 != SCRATCH_ADDR {
+            die(b"mapping the scratch buffer", got);
+        }
+    }
     map_regions();
+    if h.scratch_len > 0 {
+        // SAFETY: our own scratch mapping, no longer used.
+        unsafe { sc(nr::MUNMAP, SCRATCH_ADDR, h.scratch_len, 0, 0, 0, 0) };
+    }
     // Memory descriptor fields: brk, stack, argument and environment areas.
     let mm = MmMap { v: h.mm, auxv: 0, auxv_size: 0, exe_fd: u32::MAX };
     // SAFETY: PR_SET_MM(35), PR_SET_MM_MAP(14) with a valid struct.

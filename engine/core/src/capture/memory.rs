@@ -1,6 +1,6 @@
 //! Capture, memory: which regions exist, what each is, and which of its pages are saved
 //! (present or swapped, minus all-zero pages; for private file mappings only the pages
-//! the program modified).
+//! the program modified). The image writer stores each run of pages raw or LZ4-compressed.
 
 use std::fs::File;
 
@@ -13,7 +13,10 @@ use super::{proc_err, shared_map_name, CaptureError, CaptureInput};
 use crate::procmaps::Vma;
 
 /// Largest run of pages stored as one chunk.
-const MAX_CHUNK: u64 = 4 << 20;
+const MAX_CHUNK: u64 = torpor_image::container::MAX_COMPRESSED_CHUNK as u64;
+/// Writeback of the image is started every this many bytes, so that the final fsync
+/// finds little left to write.
+const WRITEBACK_STEP: u64 = 64 << 20;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
@@ -96,6 +99,14 @@ pub(super) struct PageSink<'a> {
     run_len: u64,
     buf: Vec<u8>,
     pages: u64,
+    /// File bytes whose writeback was started.
+    started: u64,
+}
+
+/// True if the page holds only zero bytes (OR over 32-byte blocks, which vectorizes).
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(32)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
 
 impl PageSink<'_> {
@@ -134,12 +145,27 @@ impl PageSink<'_> {
                 .add_chunk(self.run_start, mem(self.run_start, self.run_len))?;
         }
         self.run_len = 0;
+        let written = self.w.written_bytes();
+        if written - self.started >= WRITEBACK_STEP {
+            use std::os::fd::AsRawFd;
+            // SAFETY: asks the kernel to start writeback of a range of our own file.
+            unsafe {
+                libc::sync_file_range(
+                    self.w.file().as_raw_fd(),
+                    self.started as i64,
+                    (written - self.started) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.started = written;
+        }
         Ok(())
     }
 
-    /// Adds the page at `addr` unless it is all zeros. Returns whether it was stored.
-    fn push(&mut self, addr: u64) -> Result<bool, CaptureError> {
-        if self.page(addr).iter().all(|&b| b == 0) {
+    /// Adds the page at `addr` unless it is all zeros and `skip_zero`. Returns whether it
+    /// was stored.
+    fn push(&mut self, addr: u64, skip_zero: bool) -> Result<bool, CaptureError> {
+        if skip_zero && is_zero(self.page(addr)) {
             self.flush()?;
             return Ok(false);
         }
@@ -202,6 +228,7 @@ impl PageSink<'_> {
             run_len: 0,
             buf: Vec::new(),
             pages: 0,
+            started: 0,
         })
     }
 
@@ -235,6 +262,7 @@ pub(super) fn capture_regions(
             offset: v.offset,
             file: None,
             pages_saved: 0,
+            pages_zero: 0,
             flags: Vec::new(),
             captured: None,
         };
@@ -274,9 +302,16 @@ pub(super) fn capture_regions(
                         )
                     };
                 }
+                // A zero page of a private file mapping must be stored: the restore maps
+                // the file, so a skipped page would show the file's bytes, not zeros.
+                let skip_zero = kind != RegionKind::FilePrivate;
                 for (i, &e) in pm.iter().enumerate() {
-                    if want(e) && sink.push(v.start + i as u64 * PAGE_SIZE)? {
-                        region.pages_saved += 1;
+                    if want(e) {
+                        if sink.push(v.start + i as u64 * PAGE_SIZE, skip_zero)? {
+                            region.pages_saved += 1;
+                        } else {
+                            region.pages_zero += 1;
+                        }
                     }
                 }
                 sink.flush()?;

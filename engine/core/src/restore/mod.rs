@@ -10,6 +10,7 @@ mod files;
 mod namespace;
 mod plan_build;
 mod select;
+pub mod verify;
 
 use std::ffi::CString;
 use std::fs::{self, File};

@@ -42,6 +42,11 @@ pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bo
                 vaddr: c.vaddr,
                 len: c.len,
                 file_off: c.offset,
+                stored_len: c.stored_len,
+                codec: match c.codec {
+                    Codec::Raw => CODEC_RAW,
+                    Codec::Lz4 => CODEC_LZ4,
+                },
             });
             ci += 1;
         }
@@ -153,6 +158,13 @@ pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bo
         ntimers: timers.len() as u64,
         itimers,
         drop_caps: (same_pids && my_uid() != 0) as u64,
+        scratch_len: meta
+            .chunks
+            .iter()
+            .filter(|c| c.codec != Codec::Raw)
+            .map(|c| c.stored_len.next_multiple_of(4096))
+            .max()
+            .unwrap_or(0),
         attempt_plus1: std::env::var("TORPOR_ATTEMPT")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())

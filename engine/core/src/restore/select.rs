@@ -33,7 +33,7 @@ fn open_checked(img: &Path) -> Result<ImageReader, RestoreError> {
         });
     }
     let r = ImageReader::open(img)?;
-    r.verify_chunks()?;
+    super::verify::verify_chunks(&r)?;
     Ok(r)
 }
 
