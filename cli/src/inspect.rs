@@ -5,7 +5,26 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use torpor_image::store::{Store, MANIFEST};
-use torpor_image::ImageReader;
+use torpor_image::{Codec, ImageReader, ProcessMeta};
+
+/// How the chunks are stored: counts and bytes per codec.
+fn encoding(m: &ProcessMeta) -> serde_json::Value {
+    let per = |c: Codec| {
+        let it = m.chunks.iter().filter(move |x| x.codec == c);
+        serde_json::json!({
+            "chunks": it.clone().count(),
+            "page_bytes": it.clone().map(|x| x.len).sum::<u64>(),
+            "stored_bytes": it.map(|x| x.stored_len).sum::<u64>(),
+        })
+    };
+    serde_json::json!({
+        "raw": per(Codec::Raw),
+        "lz4": per(Codec::Lz4),
+        "page_bytes": m.chunks.iter().map(|x| x.len).sum::<u64>(),
+        "stored_bytes": m.chunks.iter().map(|x| x.stored_len).sum::<u64>(),
+        "pages_zero": m.pages_zero(),
+    })
+}
 
 /// Resolves a program directory, generation directory or image file to an image file.
 pub fn resolve(path: &Path) -> Result<(PathBuf, Option<serde_json::Value>)> {
@@ -49,6 +68,7 @@ pub fn inspect(path: &Path, json: bool) -> Result<i32> {
             o.insert("image_bytes".into(), bytes.into());
             o.insert("integrity".into(), integrity.into());
             o.insert("pages_saved".into(), m.pages_saved().into());
+            o.insert("encoding".into(), encoding(m));
             if let Some(man) = manifest {
                 o.insert("manifest".into(), man);
             }
@@ -69,10 +89,20 @@ pub fn inspect(path: &Path, json: bool) -> Result<i32> {
     );
     println!("command    {}", m.origin.argv.join(" "));
     println!(
-        "size       {} bytes on disk, {} pages saved in {} chunks",
+        "size       {} bytes on disk, {} pages saved in {} chunks, {} zero pages not stored",
         bytes,
         m.pages_saved(),
-        m.chunks.len()
+        m.chunks.len(),
+        m.pages_zero()
+    );
+    let e = encoding(m);
+    println!(
+        "encoding   raw: {} chunks, {} bytes; lz4: {} chunks, {} bytes of pages in {} bytes",
+        e["raw"]["chunks"],
+        e["raw"]["stored_bytes"],
+        e["lz4"]["chunks"],
+        e["lz4"]["page_bytes"],
+        e["lz4"]["stored_bytes"]
     );
     println!("threads    {}", m.threads.len());
     for t in &m.threads {
