@@ -24,6 +24,7 @@ const PROGS: &[&str] = &[
     "eintr_sleep",
     "tls",
     "counter_threads",
+    "memory_kinds",
     "fdclean",
     "fault_target",
     "grow",

@@ -81,6 +81,8 @@ pub struct PlanHeader {
     /// Size of the scratch buffer for compressed chunks (largest stored length of a
     /// compressed extent, page aligned); 0: no compressed extent.
     pub scratch_len: u64,
+    /// Threads that fill memory in stage 2 (1 or 2).
+    pub fill_threads: u64,
 }
 
 #[repr(C)]

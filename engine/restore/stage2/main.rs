@@ -60,6 +60,10 @@ mod nr {
     pub const MPROTECT: u64 = 10;
     pub const MUNMAP: u64 = 11;
     pub const MADVISE: u64 = 28;
+    pub const EXIT: u64 = 60;
+    pub const SCHED_YIELD: u64 = 24;
+    pub const TKILL: u64 = 200;
+    pub const FUTEX: u64 = 202;
     pub const RT_SIGACTION: u64 = 13;
     pub const RT_SIGPROCMASK: u64 = 14;
     pub const PREAD: u64 = 17;
@@ -413,13 +417,15 @@ fn pread_full(to: u64, len: u64, off: u64) {
     }
 }
 
-fn read_extents(r: &PlanRegion) {
+/// Fills extents `[from, to)` of the plan (all regions mapped writable), using the
+/// scratch buffer at `scratch` for compressed ones.
+fn fill_extents(from: usize, to: usize, scratch: u64) {
     let h = hdr();
     let ext: &[PlanExtent] = table(h.extents_off, h.nextents);
-    for e in &ext[r.first_extent as usize..(r.first_extent + r.nextents) as usize] {
+    for e in &ext[from..to] {
         // Allocate the extent's pages in one call rather than one fault per page (a
         // fault costs ~1 us in a VM; failure, e.g. an older kernel, just means faults).
-        // SAFETY: MADV_POPULATE_WRITE on part of region r, mapped writable.
+        // SAFETY: MADV_POPULATE_WRITE on part of a region mapped writable.
         unsafe { sc(nr::MADVISE, e.vaddr, e.len, MADV_POPULATE_WRITE, 0, 0, 0) };
         match e.codec {
             CODEC_RAW => pread_full(e.vaddr, e.len, e.file_off),
@@ -427,12 +433,12 @@ fn read_extents(r: &PlanRegion) {
                 if e.stored_len > h.scratch_len {
                     die(b"compressed chunk larger than the scratch buffer", e.vaddr as i64);
                 }
-                pread_full(SCRATCH_ADDR, e.stored_len, e.file_off);
+                pread_full(scratch, e.stored_len, e.file_off);
                 // SAFETY: the scratch buffer holds stored_len bytes just read; the
-                // destination lies inside region r, mapped writable for `len` bytes.
+                // destination lies inside a region mapped writable for `len` bytes.
                 let (src, dst) = unsafe {
                     (
-                        core::slice::from_raw_parts(SCRATCH_ADDR as *const u8, e.stored_len as usize),
+                        core::slice::from_raw_parts(scratch as *const u8, e.stored_len as usize),
                         core::slice::from_raw_parts_mut(e.vaddr as *mut u8, e.len as usize),
                     )
                 };
@@ -442,6 +448,72 @@ fn read_extents(r: &PlanRegion) {
             }
             _ => die(b"unknown chunk codec", e.codec as i64),
         }
+    }
+}
+
+/// Below this many bytes of pages, one thread fills everything.
+const PARALLEL_MIN: u64 = 64 << 20;
+
+#[repr(C, align(16))]
+struct HelperStack([u8; 65536]);
+static mut HELPER_STACK: HelperStack = HelperStack([0; 65536]);
+/// The helper's tid while it runs: set by the kernel at clone (PARENT_SETTID), cleared
+/// and futex-woken when it exits (CHILD_CLEARTID).
+static mut HELPER_TID: i32 = 0;
+
+extern "C" fn helper_entry(range: u64) -> ! {
+    let (from, to) = ((range >> 32) as usize, (range & 0xffff_ffff) as usize);
+    fill_extents(from, to, SCRATCH_ADDR + hdr().scratch_len);
+    // SAFETY: ends this thread only (exit, not exit_group).
+    unsafe { sc(nr::EXIT, 0, 0, 0, 0, 0, 0) };
+    loop {}
+}
+
+/// Fills every extent: the page copies and decoding are split by bytes between this
+/// thread and one helper thread (restore is bound by page allocation and copying, and
+/// the machines have two or more cores). The helper is gone when this returns.
+fn fill_all() {
+    let h = hdr();
+    let ext: &[PlanExtent] = table(h.extents_off, h.nextents);
+    let n = ext.len();
+    let total: u64 = ext.iter().map(|e| e.len).sum();
+    if h.fill_threads < 2 || total < PARALLEL_MIN || n < 2 || n > u32::MAX as usize {
+        fill_extents(0, n, SCRATCH_ADDR);
+        return;
+    }
+    let (mut k, mut acc) = (0usize, 0u64);
+    while k < n && acc * 2 < total {
+        acc += ext[k].len;
+        k += 1;
+    }
+    // CLONE_VM|FS|FILES|SIGHAND|THREAD|SYSVSEM|PARENT_SETTID|CHILD_CLEARTID: a plain
+    // thread on its own stack; it shares this thread's (unused) TLS pointer.
+    let flags: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x100000 | 0x200000;
+    let tid_addr = core::ptr::addr_of_mut!(HELPER_TID) as u64;
+    let stack_top = core::ptr::addr_of_mut!(HELPER_STACK) as u64 + 65536;
+    // SAFETY: the helper runs `helper_entry` on its own static stack and touches only
+    // the extents [k, n) and the second half of the scratch buffer.
+    let r = unsafe { rclone(flags, stack_top, tid_addr, tid_addr, 0, helper_entry as *const () as u64, ((k as u64) << 32) | n as u64) };
+    if r < 0 {
+        fill_extents(0, n, SCRATCH_ADDR);
+        return;
+    }
+    fill_extents(0, k, SCRATCH_ADDR);
+    loop {
+        // SAFETY: reads the word the kernel clears when the helper exits.
+        let t = unsafe { core::ptr::read_volatile(tid_addr as *const i32) };
+        if t == 0 {
+            break;
+        }
+        // SAFETY: FUTEX_WAIT(0) on our own word while it still holds the tid.
+        unsafe { sc(nr::FUTEX, tid_addr, 0, t as u64, 0, 0, 0) };
+    }
+    // The tid may stay allocated a moment after the clear; a thread restored with
+    // set_tid could need that very number.
+    // SAFETY: tkill with signal 0 only checks whether the tid exists.
+    while unsafe { sc(nr::TKILL, r as u64, 0, 0, 0, 0, 0) } == 0 {
+        // SAFETY: yields the CPU.
+        unsafe { sc(nr::SCHED_YIELD, 0, 0, 0, 0, 0, 0) };
     }
 }
 
@@ -486,12 +558,12 @@ fn map_regions() {
         if got as u64 != r.start {
             die(b"mapping a region", got);
         }
-        if fill {
-            read_extents(r);
-            if prot != r.prot as u64 {
-                // SAFETY: final protection of our own mapping.
-                check(b"mprotect", unsafe { sc(nr::MPROTECT, r.start, len, r.prot as u64, 0, 0, 0) });
-            }
+    }
+    fill_all();
+    for r in regs {
+        if r.nextents > 0 && r.prot as u64 | PROT_RW != r.prot as u64 {
+            // SAFETY: final protection of our own mapping.
+            check(b"mprotect", unsafe { sc(nr::MPROTECT, r.start, r.end - r.start, r.prot as u64, 0, 0, 0) });
         }
     }
 }
@@ -604,7 +676,7 @@ unsafe extern "C" fn rmain(sp: *const u64) -> ! {
     move_vdso(&sp_special);
     if h.scratch_len > 0 {
         // SAFETY: fresh anonymous memory in the restorer's range for compressed chunks.
-        let got = unsafe { sc(nr::MMAP, SCRATCH_ADDR, h.scratch_len, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED_NOREPLACE, u64::MAX, 0) };
+        let got = unsafe { sc(nr::MMAP, SCRATCH_ADDR, 2 * h.scratch_len, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED_NOREPLACE, u64::MAX, 0) };
         if got as u64 != SCRATCH_ADDR {
             die(b"mapping the scratch buffer", got);
         }
@@ -612,7 +684,7 @@ unsafe extern "C" fn rmain(sp: *const u64) -> ! {
     map_regions();
     if h.scratch_len > 0 {
         // SAFETY: our own scratch mapping, no longer used.
-        unsafe { sc(nr::MUNMAP, SCRATCH_ADDR, h.scratch_len, 0, 0, 0, 0) };
+        unsafe { sc(nr::MUNMAP, SCRATCH_ADDR, 2 * h.scratch_len, 0, 0, 0, 0) };
     }
     // Memory descriptor fields: brk, stack, argument and environment areas.
     let mm = MmMap { v: h.mm, auxv: 0, auxv_size: 0, exe_fd: u32::MAX };

@@ -120,6 +120,7 @@ pub fn named(name: &str) -> Option<Case> {
         "eintr_sleep" => Case::native("eintr_sleep", 5),
         "tls" => Case::native("tls", 9),
         "counter_threads" => Case::native("counter_threads", 5),
+        "memory_kinds" => Case::native("memory_kinds", 3),
         "sqlite_delete" | "sqlite_wal" => Case {
             name: if name == "sqlite_wal" {
                 "sqlite_wal"

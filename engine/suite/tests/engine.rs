@@ -68,6 +68,7 @@ cases!(
     eintr_sleep,
     tls,
     counter_threads,
+    memory_kinds,
     python_threads,
     perl_script,
     rust_threads,

@@ -23,6 +23,17 @@ fn kind_code(k: RegionKind) -> u32 {
     }
 }
 
+/// Threads stage 2 uses to fill memory: 2 when this process may run on 2 or more CPUs;
+/// `TORPOR_RESTORE_THREADS=1` forces one (for comparisons).
+fn fill_threads() -> u64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let want = std::env::var("TORPOR_RESTORE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(2);
+    want.clamp(1, 2).min(cpus) as u64
+}
+
 /// Serializes the plan that stage 2 follows.
 pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bool) -> Vec<u8> {
     let mut strings = vec![0u8];
@@ -158,6 +169,7 @@ pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bo
         ntimers: timers.len() as u64,
         itimers,
         drop_caps: (same_pids && my_uid() != 0) as u64,
+        fill_threads: fill_threads(),
         scratch_len: meta
             .chunks
             .iter()
