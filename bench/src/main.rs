@@ -583,7 +583,7 @@ fn main() -> Result<()> {
     let direct = dd(&o.work, o.dd_mib, "oflag=direct")?;
     let fsync = dd(&o.work, o.dd_mib, "conv=fdatasync")?;
     let mc = memcpy_bw();
-    let limits = json!({
+    let mut limits = json!({
         "dd_direct_bps": direct, "dd_fdatasync_bps": fsync, "memcpy_bps": mc,
         "dd_mib": o.dd_mib, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
@@ -595,15 +595,11 @@ fn main() -> Result<()> {
     );
 
     let mut cases = Vec::new();
-    let mut rows = Vec::new();
     for &mib in &o.sizes_mib {
         for kind in &o.kinds {
             eprintln!("{kind} {mib} MiB ...");
             match run_case(&env, kind, mib) {
-                Ok(c) => {
-                    rows.extend(rows_for(&c, &limits));
-                    cases.push(c);
-                }
+                Ok(c) => cases.push(c),
                 Err(e) => {
                     eprintln!("{kind} {mib} MiB failed: {e:#}");
                     cases.push(json!({"kind": kind, "mib": mib, "error": format!("{e:#}")}));
@@ -611,6 +607,24 @@ fn main() -> Result<()> {
             }
         }
     }
+    // The disk is shared and its speed varies: measure it again after the cases and
+    // judge against the faster of the two runs (the stricter limit).
+    let direct2 = dd(&o.work, o.dd_mib, "oflag=direct")?;
+    let fsync2 = dd(&o.work, o.dd_mib, "conv=fdatasync")?;
+    println!(
+        "machine, after: dd oflag=direct {:.2} GB/s, dd conv=fdatasync {:.2} GB/s",
+        direct2 / 1e9,
+        fsync2 / 1e9
+    );
+    limits["dd_direct_bps_after"] = json!(direct2);
+    limits["dd_fdatasync_bps_after"] = json!(fsync2);
+    limits["dd_fdatasync_bps"] = json!(fsync.max(fsync2));
+    limits["dd_direct_bps"] = json!(direct.max(direct2));
+    let mut rows: Vec<Row> = cases
+        .iter()
+        .filter(|c| c.get("error").is_none())
+        .flat_map(|c| rows_for(c, &limits))
+        .collect();
     let ovh = if o.overhead {
         eprintln!("agent overhead ...");
         let v = overhead(&env)?;

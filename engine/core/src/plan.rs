@@ -83,6 +83,9 @@ pub struct PlanHeader {
     pub scratch_len: u64,
     /// Threads that fill memory in stage 2 (1 or 2).
     pub fill_threads: u64,
+    /// 1: back fully saved, 2 MiB-aligned stretches of private anonymous regions with
+    /// transparent huge pages (`MADV_HUGEPAGE` on exactly those stretches).
+    pub thp: u64,
 }
 
 #[repr(C)]

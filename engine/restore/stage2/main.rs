@@ -451,6 +451,36 @@ fn fill_extents(from: usize, to: usize, scratch: u64) {
     }
 }
 
+const HUGE: u64 = 2 << 20;
+const MADV_HUGEPAGE: u64 = 14;
+
+/// Marks the 2 MiB-aligned stretches of region `r` that its saved extents cover entirely
+/// `MADV_HUGEPAGE`, so that filling them allocates 2 MiB pages (one allocation and one
+/// clear instead of 512 faults). Only stretches whose every page is saved: this never
+/// makes the program use more memory than at the checkpoint. The mark splits the VMA
+/// and stays (`hg` in smaps) for those stretches.
+fn huge_pages_for(r: &PlanRegion) {
+    let h = hdr();
+    let ext: &[PlanExtent] = table(h.extents_off, h.nextents);
+    let mine = &ext[r.first_extent as usize..(r.first_extent + r.nextents) as usize];
+    let mut i = 0;
+    while i < mine.len() {
+        let start = mine[i].vaddr;
+        let mut end = start + mine[i].len;
+        i += 1;
+        while i < mine.len() && mine[i].vaddr == end {
+            end += mine[i].len;
+            i += 1;
+        }
+        let (a, b) = ((start + HUGE - 1) & !(HUGE - 1), end & !(HUGE - 1));
+        if b > a {
+            // SAFETY: advice on part of our own, just mapped region; a failure (THP
+            // disabled) only means 4 KiB pages.
+            unsafe { sc(nr::MADVISE, a, b - a, MADV_HUGEPAGE, 0, 0, 0) };
+        }
+    }
+}
+
 /// Below this many bytes of pages, one thread fills everything.
 const PARALLEL_MIN: u64 = 64 << 20;
 
@@ -557,6 +587,9 @@ fn map_regions() {
         };
         if got as u64 != r.start {
             die(b"mapping a region", got);
+        }
+        if fill && h.thp != 0 && r.kind == KIND_ANON {
+            huge_pages_for(r);
         }
     }
     fill_all();

@@ -170,6 +170,9 @@ pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bo
         itimers,
         drop_caps: (same_pids && my_uid() != 0) as u64,
         fill_threads: fill_threads(),
+        // Off by default: on the VMs measured, clearing fresh 2 MiB pages sometimes
+        // cost more than 4 KiB faults (engine.md §10).
+        thp: (std::env::var("TORPOR_RESTORE_THP").as_deref() == Ok("1")) as u64,
         scratch_len: meta
             .chunks
             .iter()
