@@ -130,6 +130,49 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
+/// LZ4 state for one thread: a hash table and an output buffer, allocated once.
+/// [`Compressor::encode`] allocates nothing, so a writer may run it on a helper thread
+/// that must not allocate.
+pub struct Compressor {
+    comp: Vec<u8>,
+    table: CompressTable,
+}
+
+impl Default for Compressor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Compressor {
+    pub fn new() -> Self {
+        Self {
+            comp: vec![0u8; get_maximum_output_size(MAX_COMPRESSED_CHUNK)],
+            table: CompressTable::large(),
+        }
+    }
+
+    /// The LZ4 block for a run of pages if storing it compressed pays (the rule in
+    /// image-format.md §1), else `None` (store raw).
+    pub fn encode(&mut self, data: &[u8]) -> Option<&[u8]> {
+        if data.len() < COMPRESS_MIN || data.len() > MAX_COMPRESSED_CHUNK {
+            return None;
+        }
+        let sample = &data[..data.len().min(SAMPLE)];
+        let n = compress_into_with_table(sample, &mut self.comp, &mut self.table).ok()?;
+        if n * 8 > sample.len() * 7 {
+            return None;
+        }
+        let n = if sample.len() == data.len() {
+            n
+        } else {
+            compress_into_with_table(data, &mut self.comp, &mut self.table).ok()?
+        };
+        // Worth it only if it saves at least a page.
+        (n as u64 + PAGE_SIZE <= data.len() as u64).then_some(&self.comp[..n])
+    }
+}
+
 /// Writes one image file sequentially: header, chunks, then metadata and trailer.
 /// Allocates all its buffers in [`ImageWriter::new`]; adding chunks allocates only to grow
 /// the chunk table.
@@ -141,9 +184,8 @@ pub struct ImageWriter {
     chunks: Vec<Chunk>,
     /// Compressed chunks and padding not yet written.
     pending: Vec<u8>,
-    /// LZ4 output for one chunk.
-    comp: Vec<u8>,
-    table: CompressTable,
+    /// `None` only while `add_chunk` uses it.
+    lz4: Option<Compressor>,
     compress: bool,
     stats: WriteStats,
 }
@@ -171,8 +213,7 @@ impl ImageWriter {
             pos: HEADER_LEN,
             chunks: Vec::with_capacity(1024),
             pending: Vec::with_capacity(PENDING_CAP + MAX_COMPRESSED_CHUNK),
-            comp: vec![0u8; get_maximum_output_size(MAX_COMPRESSED_CHUNK)],
-            table: CompressTable::large(),
+            lz4: Some(Compressor::new()),
             compress: true,
             stats: WriteStats::default(),
         })
@@ -181,25 +222,6 @@ impl ImageWriter {
     /// Stores every chunk raw (no compression attempt).
     pub fn set_compress(&mut self, on: bool) {
         self.compress = on;
-    }
-
-    /// LZ4-compresses `data` into `self.comp` if that pays; returns the compressed length.
-    fn try_compress(&mut self, data: &[u8]) -> Option<usize> {
-        if !self.compress || data.len() < COMPRESS_MIN || data.len() > MAX_COMPRESSED_CHUNK {
-            return None;
-        }
-        let sample = &data[..data.len().min(SAMPLE)];
-        let n = compress_into_with_table(sample, &mut self.comp, &mut self.table).ok()?;
-        if n * 8 > sample.len() * 7 {
-            return None;
-        }
-        let n = if sample.len() == data.len() {
-            n
-        } else {
-            compress_into_with_table(data, &mut self.comp, &mut self.table).ok()?
-        };
-        // Worth it only if it saves at least a page.
-        (n as u64 + PAGE_SIZE <= data.len() as u64).then_some(n)
     }
 
     fn flush_pending(&mut self) -> Result<(), ImageError> {
@@ -215,20 +237,38 @@ impl ImageWriter {
     /// Appends the bytes of a page run that lives at `vaddr`. `data.len()` must be a
     /// multiple of the page size.
     pub fn add_chunk(&mut self, vaddr: u64, data: &[u8]) -> Result<(), ImageError> {
+        let mut lz4 = self.lz4.take();
+        let enc = match lz4.as_mut() {
+            Some(c) if self.compress => c.encode(data),
+            _ => None,
+        };
+        let r = self.add_encoded(vaddr, data, enc);
+        self.lz4 = lz4;
+        r
+    }
+
+    /// Appends a page run that was already offered to a [`Compressor`]: `encoded` is
+    /// what [`Compressor::encode`] returned for `data`.
+    pub fn add_encoded(
+        &mut self,
+        vaddr: u64,
+        data: &[u8],
+        encoded: Option<&[u8]>,
+    ) -> Result<(), ImageError> {
         debug_assert!((data.len() as u64).is_multiple_of(PAGE_SIZE));
         self.stats.page_bytes += data.len() as u64;
         let start = self.pos;
-        if let Some(n) = self.try_compress(data) {
+        if let Some(c) = encoded {
             self.chunks.push(Chunk {
                 vaddr,
                 len: data.len() as u64,
                 offset: self.pos,
-                stored_len: n as u64,
+                stored_len: c.len() as u64,
                 codec: Codec::Lz4,
-                checksum: xxh3_64(&self.comp[..n]),
+                checksum: xxh3_64(c),
             });
-            self.pending.extend_from_slice(&self.comp[..n]);
-            self.pos += n as u64;
+            self.pending.extend_from_slice(c);
+            self.pos += c.len() as u64;
             self.stats.lz4_chunks += 1;
             if self.pending.len() >= PENDING_CAP {
                 self.flush_pending()?;
@@ -256,6 +296,11 @@ impl ImageWriter {
         }
         self.stats.data_bytes += self.pos - start;
         Ok(())
+    }
+
+    /// Whether chunks are offered to LZ4 at all.
+    pub fn compressing(&self) -> bool {
+        self.compress
     }
 
     /// Bytes of chunk data so far (stored bytes and padding, written or pending).

@@ -4,11 +4,13 @@
 
 use std::fs::File;
 
+use torpor_image::container::Compressor;
 use torpor_image::meta::*;
 use torpor_image::store::Pending;
 use torpor_image::{ImageWriter, PAGE_SIZE};
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::helper::Helper;
 use super::{proc_err, shared_map_name, CaptureError, CaptureInput};
 use crate::procmaps::Vma;
 
@@ -101,6 +103,13 @@ pub(super) struct PageSink<'a> {
     pages: u64,
     /// File bytes whose writeback was started.
     started: u64,
+    /// Second compression thread, if it could be started.
+    helper: Option<Helper>,
+    /// This thread's LZ4 state (the writer's own is used for single runs).
+    mine: Compressor,
+    /// A run (start, len) waiting for a partner: with the helper, runs are stored in
+    /// pairs, the first compressed by the helper while this thread does the second.
+    queued: Option<(u64, u64)>,
 }
 
 /// True if the page holds only zero bytes (OR over 32-byte blocks, which vectorizes).
@@ -130,6 +139,7 @@ impl PageSink<'_> {
             self.run_start < pa + pb.len() as u64 && pa < self.run_start + self.run_len
         }) || (self.run_start < ve && vs < self.run_start + self.run_len);
         if patched {
+            self.drain()?;
             self.buf.clear();
             let mut a = self.run_start;
             while a < self.run_start + self.run_len {
@@ -140,6 +150,18 @@ impl PageSink<'_> {
             let data = std::mem::take(&mut self.buf);
             self.w.add_chunk(self.run_start, &data)?;
             self.buf = data;
+        } else if let (Some(h), true) = (self.helper.as_mut(), self.w.compressing()) {
+            let (rs, rl) = (self.run_start, self.run_len);
+            if let Some((qs, ql)) = self.queued.take() {
+                let (a, b) = (mem(qs, ql), mem(rs, rl));
+                h.submit(a);
+                let eb = self.mine.encode(b);
+                let ea = h.wait();
+                self.w.add_encoded(qs, a, ea)?;
+                self.w.add_encoded(rs, b, eb)?;
+            } else {
+                self.queued = Some((rs, rl));
+            }
         } else {
             self.w
                 .add_chunk(self.run_start, mem(self.run_start, self.run_len))?;
@@ -158,6 +180,16 @@ impl PageSink<'_> {
                 )
             };
             self.started = written;
+        }
+        Ok(())
+    }
+
+    /// Stores the queued run, if any, on this thread.
+    fn drain(&mut self) -> Result<(), CaptureError> {
+        if let Some((qs, ql)) = self.queued.take() {
+            let a = mem(qs, ql);
+            let e = self.mine.encode(a);
+            self.w.add_encoded(qs, a, e)?;
         }
         Ok(())
     }
@@ -229,11 +261,17 @@ impl PageSink<'_> {
             buf: Vec::new(),
             pages: 0,
             started: 0,
+            helper: Helper::start(),
+            mine: Compressor::new(),
+            queued: None,
         })
     }
 
-    pub(super) fn into_writer(self) -> (ImageWriter, u64) {
-        (self.w, self.pages)
+    /// Stores what is still queued, stops the helper, and hands back the writer.
+    pub(super) fn into_writer(mut self) -> Result<(ImageWriter, u64), CaptureError> {
+        self.drain()?;
+        drop(self.helper.take());
+        Ok((self.w, self.pages))
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod attrs;
 mod fds;
+mod helper;
 mod memory;
 
 pub use fds::{save_deleted, shared_map_name};
@@ -249,7 +250,7 @@ pub fn write_process_image(
             .and_then(|f| f.sync_all())
             .map_err(proc_err(files_dir.display().to_string()))?;
     }
-    let (writer, pages) = sink.into_writer();
+    let (writer, pages) = sink.into_writer()?;
     let file = writer.finish(&mut meta)?;
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     drop(file);
