@@ -387,11 +387,11 @@ fn overhead(env: &Env) -> Result<Value> {
         // Interleave to spread machine noise over both.
         let mut with = Vec::new();
         let mut without = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..7 {
             without.push(timed_loop(env, mode, arg, false, 1)?);
             with.push(timed_loop(env, mode, arg, true, 1)?);
         }
-        // Best of 5 each: other load on the machine only ever adds time.
+        // Best of 7 each, interleaved: other load on the machine only ever adds time.
         let best = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
         let (a, b) = (best(&with), best(&without));
         out.insert(
