@@ -242,13 +242,14 @@ pub fn restore(
     relock(&meta)?;
     if verbose {
         eprintln!(
-            "torpor-restore: restoring pid {} from {} ({} threads, {} regions, {} pages, {} pids)",
+            "torpor-restore: restoring pid {} from {} ({} threads, {} regions, {} pages, {} pids; checked in {} ms)",
             orig_pid,
             sel.gen_dir.display(),
             meta.threads.len(),
             meta.regions.len(),
             meta.pages_saved(),
-            if same_pids { "original" } else { "new" }
+            if same_pids { "original" } else { "new" },
+            sel.started.elapsed().as_millis()
         );
     }
     let argv0 = CString::new("torpor-restore").unwrap_or_default();

@@ -21,6 +21,8 @@ pub struct Selected {
     pub reader: ImageReader,
     /// Newer generations that were skipped, with the reason.
     pub skipped: Vec<String>,
+    /// When the selection started (for the timing printed with `--verbose`).
+    pub started: std::time::Instant,
 }
 
 fn open_checked(img: &Path) -> Result<ImageReader, RestoreError> {
@@ -66,6 +68,7 @@ fn open_gen(gen_dir: &Path) -> Result<ImageReader, RestoreError> {
 /// Chooses what to restore from `path`: an image file, a generation directory, or a
 /// program's image directory (newest valid generation, falling back to older ones).
 pub fn select(path: &Path) -> Result<Selected, RestoreError> {
+    let started = std::time::Instant::now();
     if path.is_file() {
         let reader = open_checked(path)?;
         return Ok(Selected {
@@ -73,6 +76,7 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
             generation: None,
             reader,
             skipped: vec![],
+            started,
         });
     }
     if path.join(MANIFEST).is_file() {
@@ -81,6 +85,7 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
             generation: None,
             reader: open_gen(path)?,
             skipped: vec![],
+            started,
         });
     }
     let store = Store::new(path);
@@ -97,6 +102,7 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
                     generation: Some(g),
                     reader,
                     skipped,
+                    started,
                 })
             }
             Err(e @ RestoreError::Owner { .. }) => return Err(e),
