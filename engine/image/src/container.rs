@@ -520,7 +520,9 @@ impl ImageReader {
         Ok(())
     }
 
-    fn verify_gaps(&self) -> Result<(), ImageError> {
+    /// Checks that the bytes of the data area no chunk covers are zero and that chunks
+    /// do not overlap (part of [`ImageReader::verify_chunks`]).
+    pub fn verify_gaps(&self) -> Result<(), ImageError> {
         let mut spans: Vec<(u64, u64)> = self
             .meta
             .chunks
@@ -836,6 +838,21 @@ mod tests {
         }
         let orig = std::fs::read(&p).unwrap();
         let chunks = r.meta().chunks.clone();
+        // Padding before the raw chunk that follows a compressed one: zero, and checked.
+        let padded = chunks
+            .windows(2)
+            .find(|w| w[0].codec == Codec::Lz4 && w[1].codec == Codec::Raw)
+            .map(|w| (w[0].offset + w[0].stored_len, w[1].offset))
+            .unwrap();
+        assert!(padded.1 > padded.0);
+        for at in padded.0..padded.1 {
+            let mut b = orig.clone();
+            b[at as usize] ^= 0x80;
+            let q = d.join("flipped.img");
+            std::fs::write(&q, &b).unwrap();
+            let ok = ImageReader::open(&q).and_then(|r| r.verify_chunks());
+            assert!(ok.is_err(), "flip in padding at {at} not detected");
+        }
         for c in chunks {
             for at in
                 (c.offset..c.offset + c.stored_len).step_by((c.stored_len as usize / 40).max(1))

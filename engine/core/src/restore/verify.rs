@@ -46,8 +46,8 @@ fn first_bad(r: &ImageReader, m: &Mapped, chunks: &[(usize, &Chunk)]) -> Option<
     })
 }
 
-/// Checks every chunk's checksum; reports the first bad chunk (in chunk order) like
-/// [`ImageReader::verify_chunks`].
+/// Checks every chunk's checksum and the zero padding between chunks; reports the first
+/// bad chunk (in chunk order) like [`ImageReader::verify_chunks`].
 pub fn verify_chunks(r: &ImageReader) -> Result<(), ImageError> {
     let chunks = &r.meta().chunks;
     let len = r
@@ -69,6 +69,7 @@ pub fn verify_chunks(r: &ImageReader) -> Result<(), ImageError> {
             len,
         });
     }
+    r.verify_gaps()?;
     if chunks.is_empty() || len == 0 {
         return Ok(());
     }
