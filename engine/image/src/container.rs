@@ -20,7 +20,7 @@
 //! All integers are little endian. Each chunk carries its own xxh3-64 checksum in the
 //! metadata; the metadata is covered by the trailer's checksum, the trailer by its own.
 //! A chunk is stored raw (page-aligned, so it can be read straight into place) or, when
-//! that is clearly smaller, as one LZ4 block (ADR 0004).
+//! that is clearly smaller, as one LZ4 block (ADR 0005).
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};

@@ -11,7 +11,7 @@ pub mod store;
 pub use container::{ImageError, ImageReader, ImageWriter};
 pub use meta::*;
 
-/// Major version of the image format written. 2: chunks may be LZ4-compressed (ADR 0004).
+/// Major version of the image format written. 2: chunks may be LZ4-compressed (ADR 0005).
 pub const FORMAT_MAJOR: u16 = 2;
 /// Oldest major version still read: 1.x images hold raw chunks only, which 2.x readers
 /// handle unchanged. Readers reject majors outside `MIN_READ_MAJOR..=FORMAT_MAJOR`.

@@ -214,7 +214,7 @@ pub enum Codec {
     /// The page bytes themselves, at a page-aligned file offset.
     Raw,
     /// An LZ4 block (no frame, no size prefix) that decodes to exactly `len` bytes.
-    /// Stored only when smaller than the pages; at any file offset (ADR 0004).
+    /// Stored only when smaller than the pages; at any file offset (ADR 0005).
     Lz4,
 }
 
