@@ -28,6 +28,9 @@ const PROGS: &[&str] = &[
     "fdclean",
     "fault_target",
     "grow",
+    "tree_pipes",
+    "tree_shm",
+    "tree_socketpair",
 ];
 
 fn main() {

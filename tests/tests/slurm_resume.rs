@@ -62,6 +62,57 @@ fn requeue_batch(ctx: &Ctx) {
     ck.finish(&context(ctx, job, &[&trace]));
 }
 
+/// Scenario 1b: the batch script runs perl, which runs the program as its child
+/// (`system`, fork + exec): perl and the program are one process tree, checkpointed
+/// together (engine.md §3a); `scontrol requeue` in the middle, and the tree resumes
+/// with the program still perl's child.
+fn requeue_tree(ctx: &Ctx) {
+    let steps = 50;
+    let (cmd, trace) = ctx.command(steps, "requeue-tree");
+    let script = format!("#!/bin/bash\n/usr/bin/perl -e 'exit(system(@ARGV) >> 8)' {cmd}\n");
+    let job = ctx.submit(&["--checkpoint=5s"], &script);
+    let dirs = ctx.wait_progress(job, &[&trace], 14, 1);
+    eprintln!("  before requeue: {}", ctx.stores(job));
+    let mut ck = Checks::default();
+    let tree_gen = latest_manifest(&dirs[0]).is_some_and(|m| m.processes.len() == 2);
+    ck.check(
+        tree_gen,
+        format!(
+            "the newest generation holds perl and the program: {:?}",
+            latest_manifest(&dirs[0]).map(|m| m.processes)
+        ),
+    );
+    let t_req = now_ms();
+    ctx.c.requeue(job).expect("scontrol requeue");
+    let (state, t_stop) = ctx.wait_stopped(job);
+    eprintln!(
+        "  after requeue: {state} after {} ms; {}",
+        t_stop - t_req,
+        ctx.stores(job)
+    );
+    ck.check(
+        dirs.len() == 1,
+        format!("one program directory (perl's, the tree's root): {dirs:?}"),
+    );
+    check_final_checkpoint(&mut ck, &dirs, &[&trace], Some(t_req), "requeue");
+    let fin = ctx.wait_done_after_restart(job, Duration::from_secs(120));
+    eprintln!("  ended {fin} after {} ms", now_ms() - t_req);
+    ck.check(
+        fin == "COMPLETED",
+        format!("job completed after the requeue: {fin}"),
+    );
+    ck.check(ctx.restarts(job) == 1, "requeued exactly once");
+    check_resumed_trace(&mut ck, "counter", &Trace::read(&trace), steps);
+    check_output(
+        &mut ck,
+        "job output file",
+        ctx.reference(steps),
+        &ctx.c.read_output(job).unwrap_or_default(),
+    );
+    check_images_removed(&mut ck, &dirs);
+    ck.finish(&context(ctx, job, &[&trace]));
+}
+
 /// Scenario 2: `srun -n2` inside a batch job; both tasks resume after `scontrol requeue`.
 fn requeue_srun_two_tasks(ctx: &Ctx) {
     let steps = 50;
@@ -453,6 +504,7 @@ fn slurm_resume() {
     };
     let all: &[Case<'_, Ctx>] = &[
         ("requeue_batch", &requeue_batch),
+        ("requeue_tree", &requeue_tree),
         ("requeue_srun_two_tasks", &requeue_srun_two_tasks),
         ("preemption", &preemption),
         (

@@ -72,6 +72,16 @@ fn unlock() {
     LOCK.store(false, Ordering::Release);
 }
 
+/// `fork` prepare handler: holds the lock so that the child never inherits it taken.
+pub fn fork_prepare() {
+    lock();
+}
+
+/// `fork` parent and child handlers: releases the lock taken by [`fork_prepare`].
+pub fn fork_done() {
+    unlock();
+}
+
 /// Switches this (forked, single-threaded) process to child mode.
 pub fn enter_child_mode() {
     CHILD.store(true, Ordering::SeqCst);

@@ -118,6 +118,7 @@ pub(crate) static FDS: Cell<[FdSnap; MAX_FDS]> = Cell(UnsafeCell::new(
         mtime_nsec: 0,
         captured: 0,
         sidecars: 0,
+        no_writers: 0,
     }; MAX_FDS],
 ));
 

@@ -57,6 +57,31 @@ const SKIP: &[&str] = &[
     "runuser",
 ];
 
+/// Descendants of a tree's root that never join the tree (they stay inert, so a round
+/// taken while one runs is refused, naming it): id-changing launchers (an extra thread
+/// breaks their per-thread setresgid), Slurm's clients and torpor's own tools.
+const NEVER_MEMBER: &[&str] = &[
+    "setpriv",
+    "su",
+    "sudo",
+    "runuser",
+    "srun",
+    "sbatch",
+    "salloc",
+    "scontrol",
+    "scancel",
+    "sattach",
+    "sbcast",
+    "torpor",
+    "torpor-restore",
+    "slurmstepd",
+];
+
+/// Whether this executable stays out of process trees.
+pub fn never_member(exe: &str) -> bool {
+    NEVER_MEMBER.contains(&exe)
+}
+
 /// The executable's base name (from /proc/self/exe, not argv[0]).
 pub fn exe_name() -> String {
     fs::read_link("/proc/self/exe")

@@ -11,6 +11,7 @@ mod park;
 mod prescan;
 mod sigwrap;
 mod sys;
+mod tree;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::SeqCst;
@@ -41,6 +42,42 @@ fn env_u64(name: &str) -> Option<u64> {
 
 fn env_str(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A descendant of a tree root (`TORPOR_TREE` names another pid): its configuration,
+/// with the root's image directory.
+fn member_from_env() -> Option<(i32, Config)> {
+    std::env::var_os("TORPOR_DIR")?;
+    if std::env::var_os(identity::INERT_VAR).is_some() {
+        return None;
+    }
+    let (root, dir) = tree::parse_var(&std::env::var(tree::TREE_VAR).ok()?)?;
+    if root == sys::getpid() {
+        return None;
+    }
+    Some((
+        root,
+        base_config(dir, env_str("TORPOR_CONTEXT").as_deref() == Some("slurm")),
+    ))
+}
+
+fn base_config(dir: PathBuf, slurm: bool) -> Config {
+    Config {
+        dir,
+        interval_ns: 0,
+        keep: env_u64("TORPOR_KEEP").unwrap_or(2).max(1) as usize,
+        attempt: env_u64("TORPOR_ATTEMPT")
+            .or_else(|| env_u64("SLURM_RESTART_COUNT"))
+            .unwrap_or(0) as u32,
+        capture_limit: env_u64("TORPOR_CAPTURE_LIMIT").unwrap_or(1 << 30),
+        verbose: std::env::var_os("TORPOR_VERBOSE").is_some(),
+        park_sig: PARK_SIGNAL,
+        request_sig: env_u64("TORPOR_SIGNAL")
+            .map(|v| v as i32)
+            .filter(|&v| v > 0 && v < 65 && v != PARK_SIGNAL)
+            .unwrap_or(REQUEST_SIGNAL),
+        slurm,
+    }
 }
 
 /// Reads the configuration; `None` when this process is not a checkpoint target.
@@ -169,6 +206,9 @@ fn install(sig: i32, h: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_vo
 /// the batch script runs a finished program again from the start). Kept when the exit
 /// follows a SIGTERM (the program may exit in its own handler while being preempted).
 extern "C" fn at_exit() {
+    if tree::MEMBER.load(SeqCst) {
+        return; // the images belong to the tree's root
+    }
     if !(manager::SLURM.load(SeqCst) && manager::ACTIVE.load(SeqCst))
         || manager::TERMINATING.load(SeqCst)
     {
@@ -195,7 +235,183 @@ extern "C" fn at_exit() {
 #[unsafe(link_section = ".fini_array")]
 static FINI: extern "C" fn() = at_exit;
 
+/// Starts the agent of a tree member: handlers and a manager that answers tree rounds.
+fn start_member(root: i32, cfg: Config) {
+    tree::ROOT_PID.store(root, SeqCst);
+    tree::MEMBER.store(true, SeqCst);
+    let _ = tree::ROOT_DIR.set(cfg.dir.clone());
+    manager::ATTEMPT.store(cfg.attempt, SeqCst);
+    manager::SLURM.store(cfg.slurm, SeqCst);
+    find_writable_segment();
+    find_rseq_offset();
+    if !install(PARK_SIGNAL, park::on_park) || !install(cfg.request_sig, on_request) {
+        sys::write_err(&[b"torpor: cannot install signal handlers; checkpointing disabled\n"]);
+        return;
+    }
+    sigwrap::own_sigterm();
+    let _ = tree::CFG.set(cfg.clone());
+    register_atfork();
+    spawn_manager(cfg, 0);
+}
+
+fn spawn_manager(cfg: Config, seen: u32) {
+    let spawned = std::thread::Builder::new()
+        .name("torpor-agent".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            if tree::MEMBER.load(SeqCst) {
+                member_main(cfg, seen)
+            } else {
+                manager_main(cfg)
+            }
+        });
+    if spawned.is_ok() {
+        manager::ACTIVE.store(true, SeqCst);
+    } else {
+        sys::write_err(&[b"torpor: cannot start the agent thread; checkpointing disabled\n"]);
+    }
+}
+
+extern "C" fn atfork_prepare() {
+    alloc::fork_prepare();
+}
+
+extern "C" fn atfork_parent() {
+    alloc::fork_done();
+}
+
+/// In a fork child of a tree process: it becomes a member with its own manager.
+extern "C" fn atfork_child() {
+    alloc::fork_done();
+    if !manager::ACTIVE.load(SeqCst) {
+        return;
+    }
+    manager::ACTIVE.store(false, SeqCst);
+    manager::BUSY.store(false, SeqCst);
+    manager::WRITER_PIDFD.store(-1, SeqCst);
+    if !tree::MEMBER.load(SeqCst) {
+        tree::MEMBER.store(true, SeqCst);
+        tree::ROOT_PID.store(manager::ROOT_SELF.load(SeqCst), SeqCst);
+    }
+    let Some(cfg) = tree::CFG.get() else { return };
+    let _ = std::panic::catch_unwind(|| spawn_manager(cfg.clone(), manager::REQ.load(SeqCst)));
+}
+
+fn register_atfork() {
+    // SAFETY: registers plain extern "C" handlers.
+    unsafe {
+        libc::pthread_atfork(
+            Some(atfork_prepare),
+            Some(atfork_parent),
+            Some(atfork_child),
+        );
+    }
+}
+
+/// A member's manager: answers the root's tree rounds; forwards requests sent to it
+/// directly to the root; applies the program's SIGTERM disposition at once.
+fn member_main(cfg: Config, mut seen: u32) {
+    // SAFETY: blocks every signal for this thread only.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+    manager::MANAGER_TID.store(sys::gettid(), SeqCst);
+    let mut seen_term = sigwrap::TERM.load(SeqCst);
+    let root = tree::ROOT_PID.load(SeqCst);
+    // SIGTERM arrived (and is held) since this time.
+    let mut term_since: Option<u64> = None;
+    loop {
+        let term = sigwrap::TERM.load(SeqCst);
+        if term != seen_term {
+            seen_term = term;
+            term_since.get_or_insert(sys::now_ns());
+        }
+        if let Some(t0) = term_since {
+            // Held for a moment: in a preemption the root got the same SIGTERM and takes
+            // a final checkpoint of the whole tree, which needs this process alive.
+            // SAFETY: kill with signal 0 only checks existence.
+            let root_gone = unsafe { libc::kill(root, 0) } != 0;
+            if root_gone || sys::now_ns() - t0 > TERM_HOLD_NS {
+                term_since = None;
+                sigwrap::apply_program_sigterm();
+                continue;
+            }
+        }
+        let cur = manager::REQ.load(SeqCst);
+        if cur == seen {
+            let wait = if term_since.is_some() {
+                10_000_000
+            } else {
+                60_000_000_000
+            };
+            sys::futex_wait(&manager::REQ, cur, wait);
+            continue;
+        }
+        seen = cur;
+        let id = manager::REQ_ID.load(SeqCst);
+        match tree::read_round(&cfg.dir) {
+            Some((rid, tmp)) if rid == id => {
+                let out = manager::member_checkpoint(&cfg, id, &tmp);
+                if matches!(out, Outcome::Restored) {
+                    // The image may have been taken on SIGTERM; this run was not asked
+                    // to stop.
+                    term_since = None;
+                    seen_term = sigwrap::TERM.load(SeqCst);
+                }
+                if let Outcome::Failed(e) = &out {
+                    if cfg.verbose {
+                        eprintln!(
+                            "torpor: process {}: tree checkpoint failed: {e}",
+                            sys::getpid()
+                        );
+                    }
+                }
+                if term_since.is_some() && !matches!(out, Outcome::Restored) {
+                    // The root commits after every writer is done: stay until it
+                    // closed the round (our exit could end the root's wait(), and the
+                    // root with it, before the commit).
+                    let t0 = sys::now_ns();
+                    while tree::read_round(&cfg.dir).is_some_and(|(r, _)| r == rid)
+                        // SAFETY: kill with signal 0 only checks existence.
+                        && unsafe { libc::kill(root, 0) } == 0
+                        && sys::now_ns() - t0 < 30_000_000_000
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    term_since = None;
+                    sigwrap::apply_program_sigterm();
+                }
+            }
+            _ => {
+                // A request meant for the tree: the root takes it.
+                let val = libc::sigval {
+                    sival_ptr: id as usize as *mut libc::c_void,
+                };
+                // SAFETY: sigqueue with a plain value to the root of our tree.
+                unsafe { libc::sigqueue(root, cfg.request_sig, val) };
+            }
+        }
+    }
+}
+
+/// How long a member holds a SIGTERM for the root's final checkpoint to begin.
+const TERM_HOLD_NS: u64 = 500_000_000;
+
 fn start() {
+    if let Some((root, _)) = std::env::var(tree::TREE_VAR)
+        .ok()
+        .and_then(|v| tree::parse_var(&v))
+    {
+        if root != sys::getpid() && identity::never_member(&identity::exe_name()) {
+            return; // inert inside a tree: the root refuses rounds while it runs
+        }
+    }
+    if let Some((root, cfg)) = member_from_env() {
+        start_member(root, cfg);
+        return;
+    }
     let Some(cfg) = config_from_env() else {
         // Not a target. In a checkpointed Slurm job, a shell or wrapper that is not
         // checkpointed itself still must not die before its children's final checkpoints.
@@ -217,10 +433,9 @@ fn start() {
         }
         return;
     };
-    // Descendants of a target stay inert (process trees are checkpointed as a whole only
-    // once tree support lands).
+    // Descendants of a target are members of its process tree (ADR 0006).
     // SAFETY: constructors run before the program's threads exist.
-    unsafe { std::env::set_var(identity::INERT_VAR, "1") };
+    unsafe { std::env::set_var(tree::TREE_VAR, tree::var_value(sys::getpid(), &cfg.dir)) };
     let no_restore = std::env::var_os("TORPOR_NO_RESTORE").is_some();
     if no_restore {
         // SAFETY: still single-threaded.
@@ -246,16 +461,10 @@ fn start() {
         return;
     }
     sigwrap::own_sigterm();
-    let spawned = std::thread::Builder::new()
-        .name("torpor-agent".into())
-        .stack_size(256 * 1024)
-        .spawn(move || manager_main(cfg));
-    if spawned.is_ok() {
-        manager::ACTIVE.store(true, SeqCst);
-    }
-    if spawned.is_err() {
-        sys::write_err(&[b"torpor: cannot start the agent thread; checkpointing disabled\n"]);
-    }
+    manager::ROOT_SELF.store(sys::getpid(), SeqCst);
+    let _ = tree::CFG.set(cfg.clone());
+    register_atfork();
+    spawn_manager(cfg, 0);
 }
 
 fn manager_main(mut cfg: Config) {

@@ -16,7 +16,7 @@ use torpor_image::store::{Manifest, Pending, Store};
 use crate::fds::{copy_path, for_each_num, snapshot_fds, snapshot_locks, FDS, LOCKS};
 use crate::park::{self, MAX_THREADS, PARKED, RELEASE, RESUMED, SLOT, THREADS};
 use crate::prescan::{scan_shared_maps, scan_timers, snapshot_timers, unsupported_state};
-use crate::{alloc, sys};
+use crate::{alloc, sys, tree};
 
 /// How long to wait for threads to park before giving up on a checkpoint.
 const STOP_TIMEOUT_NS: u64 = 10_000_000_000;
@@ -56,6 +56,8 @@ pub static WRITER_PIDFD: AtomicI32 = AtomicI32::new(-1);
 /// Request counter bumped by the request signal handler, and the id it carried.
 pub static REQ: AtomicU32 = AtomicU32::new(0);
 pub static REQ_ID: AtomicI32 = AtomicI32::new(0);
+/// Pid of this process when it is a tree's root (its fork children join its tree).
+pub static ROOT_SELF: AtomicI32 = AtomicI32::new(0);
 /// Tid of the manager thread.
 pub static MANAGER_TID: AtomicI32 = AtomicI32::new(0);
 /// The agent's writable segments (.data/.bss), found at start.
@@ -97,6 +99,9 @@ struct ChildArgs {
     attempt: u32,
     err_fd: i32,
     capture_limit: u64,
+    /// Commit the generation in the writer (single process); a tree's root commits
+    /// after every process of the tree has been written.
+    commit: bool,
 }
 static CHILD_ARGS: AtomicPtr<ChildArgs> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -301,6 +306,11 @@ fn child_write(a: &ChildArgs, ws: u64, we: u64) -> Result<(), String> {
         capture_limit: a.capture_limit,
     };
     let cap = capture::write_process_image(pending, &input).map_err(|e| e.to_string())?;
+    if !a.commit {
+        return Ok(());
+    }
+    // A single process: its pipes and socket pairs must have both ends in it.
+    crate::tree::check_images(&[(a.pid, pending.path().join(&cap.process.image))], &[])?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     pending
         .commit(Manifest {
@@ -343,6 +353,9 @@ fn finish_restore(nthreads: usize) {
         ri.restored = 0;
     }
     RESUMED.store(0, SeqCst);
+    // Thread names are not restored; the tree root finds agents by this one's name.
+    // SAFETY: PR_SET_NAME with a NUL-terminated name, for the calling thread.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"torpor-agent".as_ptr()) };
     release();
 }
 
@@ -355,17 +368,115 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
         return Outcome::Failed("the program is exiting".into());
     }
     BUSY.store(true, SeqCst);
-    let out = checkpoint_round(cfg);
+    let store = Store::new(&cfg.dir);
+    let mut tries = 0;
+    let out = loop {
+        let out = match store.begin(ATTEMPT.load(SeqCst)) {
+            Err(e) => Outcome::Failed(e.to_string()),
+            Ok(pending) => match tree::RootRound::prepare(cfg, &pending) {
+                Err(e) => {
+                    pending.abort();
+                    Outcome::Failed(e)
+                }
+                Ok(None) => checkpoint_round(cfg, &store, pending, Role::Single),
+                Ok(Some(mut round)) => {
+                    let mut out = checkpoint_round(cfg, &store, pending, Role::Root(&mut round));
+                    if let Outcome::Failed(e) = &mut out {
+                        if e.as_str() == tree::ABANDONED {
+                            if let Some(why) = tree::member_failure(&cfg.dir) {
+                                *e = format!("{e}: {why}");
+                            }
+                        }
+                    }
+                    if !matches!(out, Outcome::Restored) {
+                        round.close();
+                    }
+                    out
+                }
+            },
+        };
+        // A process of the tree was created, exited or was between exec and its agent:
+        // take the tree again a little later.
+        match &out {
+            Outcome::Failed(e) if tries < 5 && tree::transient(e) => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100 * tries));
+            }
+            _ => break out,
+        }
+    };
     BUSY.store(false, SeqCst);
     out
 }
 
-fn checkpoint_round(cfg: &Config) -> Outcome {
-    let store = Store::new(&cfg.dir);
-    let pending = match store.begin(ATTEMPT.load(SeqCst)) {
-        Ok(p) => p,
-        Err(e) => return Outcome::Failed(e.to_string()),
+/// A member's part of the tree round `id` whose pending generation is `tmp`.
+pub fn member_checkpoint(cfg: &Config, id: i32, tmp: &std::path::Path) -> Outcome {
+    BUSY.store(true, SeqCst);
+    let out = match tree::MemberRound::prepare(id, &cfg.dir, tmp, ATTEMPT.load(SeqCst)) {
+        Err(e) => Outcome::Failed(e),
+        Ok((mut round, pending)) => {
+            let store = Store::new(tmp);
+            let out = checkpoint_round(cfg, &store, pending, Role::Member(&mut round));
+            if !matches!(out, Outcome::Restored) {
+                round.finish(&out);
+            }
+            out
+        }
     };
+    BUSY.store(false, SeqCst);
+    out
+}
+
+/// Which part this process plays in a round.
+pub enum Role<'a> {
+    /// No descendants: the writer commits, as before trees.
+    Single,
+    Root(&'a mut tree::RootRound),
+    Member(&'a mut tree::MemberRound),
+}
+
+impl Role<'_> {
+    /// The round's own fds, never part of the image.
+    fn extra_fds(&self) -> [i32; 3] {
+        match self {
+            Role::Single => [-1, -1, -1],
+            Role::Root(r) => [r.marks.dir, r.pipes_fd, r.proc_fd],
+            Role::Member(m) => [m.marks.dir, m.pipes_fd, -1],
+        }
+    }
+
+    fn pipes_fd(&self) -> i32 {
+        self.extra_fds()[1]
+    }
+
+    /// With this process stopped: wait until the whole tree is.
+    fn after_stop(&mut self) -> Result<(), &'static str> {
+        match self {
+            Role::Single => Ok(()),
+            Role::Root(r) => r.after_stop(),
+            Role::Member(m) => m.after_stop(),
+        }
+    }
+
+    /// With this process's writer forked: wait until every process's is.
+    fn after_fork(&mut self) -> Result<(), &'static str> {
+        match self {
+            Role::Single => Ok(()),
+            Role::Root(r) => r.after_fork(),
+            Role::Member(m) => m.after_fork(),
+        }
+    }
+
+    fn abort(&self) {
+        match self {
+            Role::Single => {}
+            Role::Root(r) => r.abort(),
+            Role::Member(m) => m.abort(),
+        }
+    }
+}
+
+fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Role) -> Outcome {
     let files_dir = pending.path().join("files");
     if let Err(e) = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
         .create(&files_dir)
@@ -408,11 +519,15 @@ fn checkpoint_round(cfg: &Config) -> Outcome {
         attempt: ATTEMPT.load(SeqCst),
         err_fd: pipe[1],
         capture_limit: cfg.capture_limit,
+        commit: matches!(role, Role::Single),
     };
-    let agent_fds = [files_fd, task_fd, fd_dir, pipe[0], pipe[1]];
+    let [extra0, extra1, extra2] = role.extra_fds();
+    let agent_fds = [
+        files_fd, task_fd, fd_dir, pipe[0], pipe[1], extra0, extra1, extra2,
+    ];
     let cleanup = |pending: Pending| {
-        for fd in agent_fds {
-            close(fd);
+        for fd in &agent_fds[..5] {
+            close(*fd);
         }
         pending.abort();
     };
@@ -429,6 +544,7 @@ fn checkpoint_round(cfg: &Config) -> Outcome {
     park::GEN.fetch_add(1, SeqCst);
     let my_slot = SLOT.fetch_add(1, SeqCst);
     if let Err(why) = stop_all(task_fd, cfg.park_sig) {
+        role.abort();
         release();
         cleanup(pending);
         return Outcome::Failed(why.into());
@@ -438,12 +554,49 @@ fn checkpoint_round(cfg: &Config) -> Outcome {
     args.nthreads = SLOT.load(SeqCst).min(MAX_THREADS);
     args.nfds = snapshot_fds(fd_dir, &agent_fds, files_fd, cfg.capture_limit);
     if args.nfds > crate::fds::MAX_FDS {
+        role.abort();
         release();
         cleanup(pending);
         return Outcome::Failed(format!(
             "more than {} open files: not supported yet",
             crate::fds::MAX_FDS
         ));
+    }
+    if matches!(role, Role::Single) {
+        // SAFETY: filled just above; manager-only.
+        tree::probe_no_writers(unsafe { &mut (&mut *FDS.0.get())[..args.nfds] });
+    }
+    // SAFETY: filled just above; manager-only.
+    let snapped = unsafe { &(&*FDS.0.get())[..args.nfds] };
+    if matches!(role, Role::Single) {
+        if let Err(fd) = tree::pipes_self_contained(snapped) {
+            release();
+            cleanup(pending);
+            return Outcome::Failed(format!(
+                "fd {fd} is a pipe whose other end is outside the process (and it has no checkpointed children); such pipes are not supported"
+            ));
+        }
+    }
+    let pipes_ok = role.after_stop().and_then(|()| {
+        if !matches!(role, Role::Single) {
+            // With the whole tree stopped.
+            // SAFETY: manager-only table; no reference into it is used across this call.
+            tree::probe_no_writers(unsafe { &mut (&mut *FDS.0.get())[..args.nfds] });
+        }
+        // SAFETY: manager-only table, read again after the probe above.
+        let snapped = unsafe { &(&*FDS.0.get())[..args.nfds] };
+        if matches!(role, Role::Single) {
+            // Pipes with both ends here: save their data next to the image.
+            tree::save_own_pipes(snapped, files_fd)
+        } else {
+            tree::save_pipes(snapped, role.pipes_fd())
+        }
+    });
+    if let Err(why) = pipes_ok {
+        role.abort();
+        release();
+        cleanup(pending);
+        return Outcome::Failed(why.into());
     }
     // SAFETY: filled just above; manager-only.
     for f in unsafe { &(&*FDS.0.get())[..args.nfds] } {
@@ -470,6 +623,22 @@ fn checkpoint_round(cfg: &Config) -> Outcome {
         finish_restore(n);
         return Outcome::Restored;
     };
+    let barrier = role.after_fork();
+    if barrier.is_err() {
+        role.abort();
+        if pid > 0 {
+            // SAFETY: pidfd_send_signal to our own writer: the round is abandoned.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    libc::SIGKILL,
+                    0usize,
+                    0u32,
+                )
+            };
+        }
+    }
     release();
     let pause_ns = sys::now_ns() - t0;
     WRITER_PIDFD.store(pidfd, SeqCst);
@@ -513,7 +682,21 @@ fn checkpoint_round(cfg: &Config) -> Outcome {
         close(fd);
     }
     let generation = pending.generation();
+    let result = match barrier {
+        Err(why) => Err(why.to_string()),
+        Ok(()) => match (result, &mut role) {
+            (Ok(()), Role::Root(r)) => r.commit(&pending),
+            (other, _) => other,
+        },
+    };
     match result {
+        Ok(()) if matches!(role, Role::Member(_)) => Outcome::Committed {
+            generation,
+            path: pending.path().to_path_buf(),
+            pause_ns,
+            total_ns: sys::now_ns() - t0,
+        },
+        Err(e) if matches!(role, Role::Member(_)) => Outcome::Failed(e),
         Ok(()) => {
             let _ = store.prune(cfg.keep);
             Outcome::Committed {
@@ -524,6 +707,7 @@ fn checkpoint_round(cfg: &Config) -> Outcome {
             }
         }
         Err(e) => {
+            role.abort();
             pending.abort();
             Outcome::Failed(e)
         }

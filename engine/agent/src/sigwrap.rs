@@ -125,58 +125,48 @@ pub unsafe extern "C" fn signal(sig: i32, handler: libc::sighandler_t) -> libc::
     }
 }
 
-/// Live (non-zombie) children of this process, read from /proc with stack buffers only.
+/// Live (non-zombie) children of this process, read from /proc with stack buffers only
+/// (`/proc/PID/task/TID/children` needs CONFIG_PROC_CHILDREN, which not every kernel
+/// has: every `/proc/N/stat` is read instead). Signal-safe.
 fn live_children() -> usize {
-    let mut path = [0u8; 64];
-    let mut nb = [0u8; 24];
-    let tid = sys::itoa(sys::gettid() as u64, &mut nb);
-    let mut n = 0;
-    for part in [
-        b"/proc/self/task/".as_slice(),
-        tid,
-        b"/children\0".as_slice(),
-    ] {
-        path[n..n + part.len()].copy_from_slice(part);
-        n += part.len();
+    let me = sys::getpid();
+    // SAFETY: open/getdents64/close on /proc with a stack buffer.
+    let dir = unsafe {
+        libc::open(
+            c"/proc".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return 0;
     }
-    let mut buf = [0u8; 4096];
-    let len = read_small(&path, &mut buf);
     let mut live = 0;
-    for pid in buf[..len].split(|&b| b == b' ').filter(|p| !p.is_empty()) {
-        let mut sp = [0u8; 48];
-        let mut k = 0;
-        for part in [b"/proc/".as_slice(), pid, b"/stat\0".as_slice()] {
-            sp[k..k + part.len()].copy_from_slice(part);
-            k += part.len();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: getdents64 into our stack buffer.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) };
+        if n <= 0 {
+            break;
         }
-        let mut st = [0u8; 512];
-        let l = read_small(&sp, &mut st);
-        // The state follows the last ") ".
-        let state = st[..l]
-            .windows(2)
-            .rposition(|w| w == b") ")
-            .and_then(|i| st.get(i + 2).copied());
-        if matches!(state, Some(s) if s != b'Z' && s != b'X') {
-            live += 1;
+        let mut off = 0usize;
+        while off < n as usize {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            let name = &buf[off + 19..off + reclen];
+            let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+            let name = &name[..len];
+            if !name.is_empty() && name.iter().all(|c| c.is_ascii_digit()) {
+                if let Some((ppid, state)) = crate::tree::stat_of(name) {
+                    if ppid == me && state != b'Z' && state != b'X' {
+                        live += 1;
+                    }
+                }
+            }
+            off += reclen;
         }
     }
+    // SAFETY: closes our directory fd.
+    unsafe { libc::close(dir) };
     live
-}
-
-fn read_small(path: &[u8], buf: &mut [u8]) -> usize {
-    // SAFETY: path is NUL-terminated; reads into the caller's buffer.
-    unsafe {
-        let fd = libc::open(
-            path.as_ptr() as *const libc::c_char,
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        );
-        if fd < 0 {
-            return 0;
-        }
-        let r = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
-        libc::close(fd);
-        r.max(0) as usize
-    }
 }
 
 static GRACE_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10_000_000_000);

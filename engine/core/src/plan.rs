@@ -86,6 +86,9 @@ pub struct PlanHeader {
     /// 1: back fully saved, 2 MiB-aligned stretches of private anonymous regions with
     /// transparent huge pages (`MADV_HUGEPAGE` on exactly those stretches).
     pub thp: u64,
+    /// fds stage 2 closes once the regions are mapped (shared memory of a process tree
+    /// opened through /proc/self/fd); -1 for none.
+    pub close_fds: [i64; 8],
 }
 
 #[repr(C)]

@@ -58,6 +58,8 @@ pub struct FdSnap {
     /// For captured files: which SQLite sidecars existed at the pause (bit 0 `-journal`,
     /// bit 1 `-wal`, bit 2 `-shm`).
     pub sidecars: u32,
+    /// A pipe read end that was empty with no writer left anywhere (reads give EOF).
+    pub no_writers: u32,
 }
 
 /// Names of the sidecar files checked next to a captured file (SQLite's).

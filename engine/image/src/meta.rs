@@ -248,6 +248,14 @@ pub enum FdKind {
     Device,
     /// A file deleted while open: contents saved with the generation.
     Deleted,
+    /// One end of an anonymous pipe (`pipe_ino`); recreated once per tree with the data
+    /// buffered at the checkpoint (`pipes/<ino>` in the generation). At fd 0-2 a pipe whose
+    /// other end is outside the tree is treated as stdio.
+    Pipe,
+    /// One end of a connected, unnamed Unix stream socket pair (`pipe_ino` is this end's
+    /// inode, `peer_ino` the other's); recreated with the data queued for each end
+    /// (`pipes/<ino>`).
+    UnixStream,
 }
 
 /// What a restore does to the file's contents before reopening it.
@@ -288,6 +296,16 @@ pub struct FdMeta {
     /// left by a transaction begun after the checkpoint must not be rolled back).
     #[serde(default)]
     pub absent_sidecars: Vec<String>,
+    /// For pipes: the pipe's inode number (identifies both ends across the tree); for
+    /// socket pairs: this end's inode.
+    #[serde(default)]
+    pub pipe_ino: u64,
+    /// For socket pairs: the inode of the other end.
+    #[serde(default)]
+    pub peer_ino: u64,
+    /// For a pipe's read end: the pipe was empty and had no writer left (EOF).
+    #[serde(default)]
+    pub pipe_no_writers: bool,
 }
 
 /// Process-wide attributes.

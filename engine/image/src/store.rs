@@ -68,11 +68,22 @@ fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> St
     }
 }
 
-/// One process image listed in a manifest.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One process image listed in a manifest. The first entry is the root of the tree;
+/// the others (process trees, ADR 0006) carry their place in it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ManifestProcess {
     pub pid: i32,
+    /// Image path relative to the generation directory; empty for a zombie.
     pub image: String,
+    #[serde(default)]
+    pub ppid: i32,
+    #[serde(default)]
+    pub pgid: i32,
+    #[serde(default)]
+    pub sid: i32,
+    /// A child that had exited but was not reaped yet: its wait status.
+    #[serde(default)]
+    pub zombie: Option<i32>,
 }
 
 /// The manifest of one generation, written last inside the temporary directory.
@@ -88,6 +99,9 @@ pub struct Manifest {
     /// Total bytes of the generation's files.
     #[serde(default)]
     pub bytes: u64,
+    /// Shared memory mapped by several processes of a tree (process trees ADR).
+    #[serde(default)]
+    pub shared: Vec<SharedMemory>,
     /// xxh3-64 (hex) of every captured file under `files/`, by name (filled by commit).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
@@ -135,13 +149,21 @@ impl Manifest {
     /// Checks every captured file of generation directory `gen_dir` against its checksum.
     pub fn verify_files(&self, gen_dir: &Path) -> Result<(), StoreError> {
         for (name, sum) in &self.files {
-            if name.contains('/') || name.starts_with('.') {
-                return Err(StoreError::Damaged {
-                    path: gen_dir.join(MANIFEST),
-                    what: format!("bad captured file name {name:?}"),
-                });
-            }
-            let p = gen_dir.join(FILES).join(name);
+            let bad = || StoreError::Damaged {
+                path: gen_dir.join(MANIFEST),
+                what: format!("bad captured file name {name:?}"),
+            };
+            let p = if name.contains('/') {
+                // Process trees: pipes/<n>, shm/<n>, p<pid>/files/<name>.
+                if !tree_file_name(name) {
+                    return Err(bad());
+                }
+                gen_dir.join(name)
+            } else if name.starts_with('.') {
+                return Err(bad());
+            } else {
+                gen_dir.join(FILES).join(name)
+            };
             let b = fs::read(&p).map_err(io(&p, "read"))?;
             if format!("{:016x}", xxh3_64(&b)) != *sum {
                 return Err(StoreError::Damaged {
@@ -152,6 +174,44 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Whether `name` is one of the files a process tree adds to a generation:
+/// `pipes/<n>`, `shm/<n>` or `p<pid>/files/<name>` (no other shape, nothing hidden).
+fn tree_file_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let plain = |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('/');
+    match name.split('/').collect::<Vec<_>>().as_slice() {
+        ["pipes" | "shm", n] => digits(n),
+        [p, "files", f] => p.strip_prefix('p').is_some_and(digits) && plain(f),
+        _ => false,
+    }
+}
+
+/// Checksums of the files a process tree adds (see [`tree_file_name`]), by relative path.
+fn tree_file_sums(tmp: &Path, out: &mut BTreeMap<String, String>) -> Result<(), StoreError> {
+    let Ok(rd) = fs::read_dir(tmp) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let sub = match name.as_str() {
+            "pipes" | "shm" => name.clone(),
+            n if n
+                .strip_prefix('p')
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                format!("{n}/{FILES}")
+            }
+            _ => continue,
+        };
+        for (f, sum) in file_sums(&tmp.join(&sub))? {
+            out.insert(format!("{sub}/{f}"), sum);
+        }
+    }
+    Ok(())
 }
 
 fn find_last(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -179,6 +239,20 @@ fn file_sums(dir: &Path) -> Result<BTreeMap<String, String>, StoreError> {
         out.insert(name, format!("{:016x}", xxh3_64(&b)));
     }
     Ok(out)
+}
+
+/// One shared memory object (anonymous shared mapping, memfd, deleted `/dev/shm` file)
+/// mapped by several processes of a tree; its contents at the checkpoint are in `file`
+/// (relative to the generation directory).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedMemory {
+    pub file: String,
+    /// Offset of the mappings in the object, and their length (the same in every member).
+    pub offset: u64,
+    pub len: u64,
+    /// (pid, start address) of every mapping.
+    pub members: Vec<(i32, u64)>,
 }
 
 /// The image directory of one program.
@@ -392,6 +466,7 @@ impl Pending {
         manifest.generation = self.n;
         manifest.attempt = self.attempt;
         manifest.files = file_sums(&self.tmp.join(FILES))?;
+        tree_file_sums(&self.tmp, &mut manifest.files)?;
         let body = manifest.to_bytes().map_err(|source| StoreError::Manifest {
             path: self.tmp.join(MANIFEST),
             source,
@@ -410,6 +485,17 @@ impl Pending {
         fs::rename(&link_tmp, dir.join(LATEST)).map_err(io(&dir, "update latest"))?;
         sync_dir(&dir)?;
         Ok(fin)
+    }
+
+    /// A sub-directory of a pending generation written by another process of the same
+    /// tree (ADR 0006): used for its files only, never committed by that process.
+    pub fn for_member(tmp: PathBuf, generation: u64, attempt: u32) -> Pending {
+        Pending {
+            store: Store::new(tmp.parent().unwrap_or(Path::new("/"))),
+            n: generation,
+            attempt,
+            tmp,
+        }
     }
 
     /// Abandons the generation, removing its temporary directory.
@@ -469,6 +555,31 @@ mod tests {
                 Manifest::parse(&b, &g).is_err(),
                 "flip at {at} not detected"
             );
+        }
+    }
+
+    #[test]
+    fn tree_files_are_checksummed_and_names_checked() {
+        let s = Store::new(tmp("treesums"));
+        let p = s.begin(0).unwrap();
+        fs::create_dir_all(p.path().join("pipes")).unwrap();
+        fs::create_dir_all(p.path().join("p42").join(FILES)).unwrap();
+        fs::write(p.path().join("pipes").join("77"), b"in flight").unwrap();
+        fs::write(p.path().join("p42").join(FILES).join("fd-3"), b"copy").unwrap();
+        let g = p.commit(manifest()).unwrap();
+        let m = s.manifest(1).unwrap();
+        assert!(m.files.contains_key("pipes/77") && m.files.contains_key("p42/files/fd-3"));
+        m.verify_files(&g).unwrap();
+        fs::write(g.join("pipes").join("77"), b"in flighT").unwrap();
+        assert!(m.verify_files(&g).is_err());
+        for bad in [
+            "p42/../x",
+            "pipes/x",
+            "shm/1/2",
+            "q1/files/a",
+            "p1/files/.x",
+        ] {
+            assert!(!tree_file_name(bad), "{bad} accepted");
         }
     }
 

@@ -719,6 +719,12 @@ unsafe extern "C" fn rmain(sp: *const u64) -> ! {
         // SAFETY: our own scratch mapping, no longer used.
         unsafe { sc(nr::MUNMAP, SCRATCH_ADDR, 2 * h.scratch_len, 0, 0, 0, 0) };
     }
+    for &fd in &h.close_fds {
+        if fd > 2 {
+            // SAFETY: closes an fd stage 1 opened only for mapping (tree shared memory).
+            unsafe { sc(nr::CLOSE, fd as u64, 0, 0, 0, 0, 0) };
+        }
+    }
     // Memory descriptor fields: brk, stack, argument and environment areas.
     let mm = MmMap { v: h.mm, auxv: 0, auxv_size: 0, exe_fd: u32::MAX };
     // SAFETY: PR_SET_MM(35), PR_SET_MM_MAP(14) with a valid struct.

@@ -48,6 +48,9 @@ pub struct Case {
     pub min_threads: usize,
     /// `torpor inspect` must list these fds with a path containing the text.
     pub fds: &'static [(i64, &'static str)],
+    /// A process tree: the harness checkpoints and kills the whole tree (the root is
+    /// the shallowest process running the program) and needs original pids.
+    pub tree: bool,
 }
 
 impl Case {
@@ -59,6 +62,7 @@ impl Case {
             needs_original_pids: false,
             min_threads,
             fds: &[],
+            tree: false,
         }
     }
 
@@ -71,12 +75,15 @@ impl Case {
             needs_original_pids: false,
             min_threads,
             fds: &[],
+            tree: false,
         }
     }
 }
 
 /// Python used by the script cases.
 pub const PYTHON: &str = "/usr/bin/python3";
+/// Bash used by the shell pipeline case.
+pub const BASH: &str = "/bin/bash";
 /// Perl used by the script case.
 pub const PERL: &str = "/usr/bin/perl";
 
@@ -140,6 +147,7 @@ pub fn named(name: &str) -> Option<Case> {
             needs_original_pids: false,
             min_threads: 1,
             fds: &[(-1, "test.db")],
+            tree: false,
         },
         "python_threads" => Case {
             name: "python_threads",
@@ -152,6 +160,7 @@ pub fn named(name: &str) -> Option<Case> {
             needs_original_pids: false,
             min_threads: 5,
             fds: &[],
+            tree: false,
         },
         "perl_script" => Case {
             name: "perl_script",
@@ -164,6 +173,61 @@ pub fn named(name: &str) -> Option<Case> {
             needs_original_pids: false,
             min_threads: 1,
             fds: &[],
+            tree: false,
+        },
+        "shell_pipeline" => Case {
+            name: "shell_pipeline",
+            program: Program::Script {
+                interpreter: BASH,
+                script: "pipeline.sh",
+                args: &[],
+            },
+            expect: Expect::SameAsUninterrupted,
+            needs_original_pids: true,
+            min_threads: 1,
+            fds: &[],
+            tree: true,
+        },
+        "python_subprocess" => Case {
+            name: "python_subprocess",
+            program: Program::Script {
+                interpreter: PYTHON,
+                script: "python_subprocess.py",
+                args: &[],
+            },
+            expect: Expect::SameAsUninterrupted,
+            needs_original_pids: true,
+            min_threads: 1,
+            fds: &[],
+            tree: true,
+        },
+        "python_pool" => Case {
+            name: "python_pool",
+            program: Program::Script {
+                interpreter: PYTHON,
+                script: "python_pool.py",
+                args: &[],
+            },
+            expect: Expect::SameAsUninterrupted,
+            needs_original_pids: true,
+            min_threads: 1,
+            fds: &[],
+            tree: true,
+        },
+        "tree_socketpair" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_socketpair", 1)
+        },
+        "tree_shm" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_shm", 1)
+        },
+        "tree_pipes" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_pipes", 1)
         },
         _ => return None,
     };

@@ -362,6 +362,7 @@ pub fn find_restored_program(
     restore_pid: u32,
     argv: &[String],
     images: &Path,
+    is_tree: bool,
 ) -> Result<(u32, String)> {
     let marker = format!("TORPOR_DIR={}", images.display());
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -374,7 +375,13 @@ pub fn find_restored_program(
             .filter(|&(p, _)| cmdline(p).as_deref() == Some(argv))
             .collect();
         matching.sort_by_key(|&(p, d)| (d, p));
-        if let Some(&(p, d)) = matching.last() {
+        // A process tree: its root is the shallowest process running the program.
+        let pick = if is_tree {
+            matching.first()
+        } else {
+            matching.last()
+        };
+        if let Some(&(p, d)) = pick {
             return Ok((p, format!("pid {p}: cmdline matches, depth {d}")));
         }
         if Instant::now() >= deadline {

@@ -304,6 +304,25 @@ fn reap_killed(p: Proc, what: &str, log: &Log) -> Result<Finished> {
     Ok(f)
 }
 
+/// SIGKILL for the program (and, for a process tree, every process of it).
+fn kill_program(case: &Case, pid: u32, log: &Log) {
+    if case.tree {
+        let below = process::descendants(pid);
+        log.say(format!(
+            "killing the tree of {pid} ({} below it)",
+            below.len()
+        ));
+        if let Err(e) = process::kill_pid(pid) {
+            log.say(format!("{e:#}"));
+        }
+        for (p, _) in below {
+            let _ = process::kill_pid(p);
+        }
+    } else if let Err(e) = process::kill_pid(pid) {
+        log.say(format!("{e:#}"));
+    }
+}
+
 fn checkpointed(
     case: &Case,
     variant: Variant,
@@ -363,9 +382,7 @@ fn checkpointed(
         inspect(case, &contract, runner, ws, &gen1, log)?;
     }
     thread::sleep(TIMING.after_checkpoint);
-    if let Err(e) = process::kill_pid(pid) {
-        log.say(format!("{e:#}"));
-    }
+    kill_program(case, pid, log);
     let first_run = reap_killed(run, "the program under torpor run", log)?;
     let mut segments = vec![strip_ready(&first_run.stdout)];
 
@@ -378,7 +395,8 @@ fn checkpointed(
         log.say(format!("torpor restore pid {}", restored.pid()));
         restored.wait_line(0, TIMING.first_line, |_| true)?;
         thread::sleep(TIMING.before_checkpoint);
-        let (ppid, how) = process::find_restored_program(restored.pid(), &argv_text, &ws.images)?;
+        let (ppid, how) =
+            process::find_restored_program(restored.pid(), &argv_text, &ws.images, case.tree)?;
         log.say(format!("restored program: {how}"));
         let gen2 = checkpoint(&contract, runner, ws, ppid, log)?;
         if gen2 == gen1 {
@@ -388,9 +406,7 @@ fn checkpointed(
             );
         }
         thread::sleep(TIMING.after_checkpoint);
-        if let Err(e) = process::kill_pid(ppid) {
-            log.say(format!("{e:#}"));
-        }
+        kill_program(case, ppid, log);
         let f = reap_killed(restored, "the first restored program", log)?;
         segments.push(f.stdout);
     }

@@ -72,4 +72,10 @@ cases!(
     python_threads,
     perl_script,
     rust_threads,
+    tree_pipes,
+    shell_pipeline,
+    python_subprocess,
+    tree_shm,
+    python_pool,
+    tree_socketpair,
 );

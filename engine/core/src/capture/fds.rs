@@ -74,7 +74,32 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         captured: None,
         dup_of: None,
         absent_sidecars: Vec::new(),
+        pipe_ino: 0,
+        peer_ino: 0,
+        pipe_no_writers: false,
     };
+    // Anonymous pipes (also at 0-2: a pipe inside the tree is recreated; one to the
+    // outside is taken as stdio at restore). Named FIFOs are not supported yet.
+    if s.mode & libc::S_IFMT == libc::S_IFIFO && target.starts_with("pipe:") {
+        m.kind = FdKind::Pipe;
+        m.file = None;
+        m.pipe_ino = s.ino;
+        m.pipe_no_writers = s.no_writers != 0;
+        return Ok(m);
+    }
+    // One end of a socket pair (unnamed, connected Unix stream socket): its peer must be
+    // in the tree (checked when the generation commits).
+    if s.mode & libc::S_IFMT == libc::S_IFSOCK {
+        if let Some(u) = super::unix::unix_info(s.ino) {
+            if u.kind == libc::SOCK_STREAM as u8 && u.state == 1 && !u.named && u.peer != 0 {
+                m.kind = FdKind::UnixStream;
+                m.file = None;
+                m.pipe_ino = s.ino;
+                m.peer_ino = u.peer;
+                return Ok(m);
+            }
+        }
+    }
     if s.fd <= 2 {
         m.kind = FdKind::Stdio;
         if s.captured == 1 {
@@ -122,8 +147,10 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         m.file = None;
     } else {
         let why = match fmt {
-            libc::S_IFIFO => "pipes are not supported yet",
-            libc::S_IFSOCK => "sockets are not supported yet",
+            libc::S_IFIFO => "named FIFOs are not supported yet",
+            libc::S_IFSOCK => {
+                "sockets other than connected Unix stream socket pairs are not supported yet"
+            }
             libc::S_IFCHR => "character devices other than null/zero/full/random/urandom",
             _ => "unsupported file kind",
         };

@@ -9,6 +9,7 @@ mod attrs;
 mod fds;
 mod helper;
 mod memory;
+mod unix;
 
 pub use fds::{save_deleted, shared_map_name};
 use memory::PageSink;
@@ -258,6 +259,7 @@ pub fn write_process_image(
         process: ManifestProcess {
             pid: inp.pid,
             image: name,
+            ..Default::default()
         },
         bytes,
         pages,

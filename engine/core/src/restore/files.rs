@@ -44,7 +44,8 @@ pub(super) fn copy_into(src: &Path, dst: &mut File) -> Result<(), RestoreError> 
 /// Reopens one saved fd, putting back its file's contents as the disposition says.
 pub(super) fn reopen(f: &FdMeta, gen_dir: &Path) -> Result<Option<OwnedFd>, RestoreError> {
     let fd = match f.kind {
-        FdKind::Stdio => return Ok(None),
+        // Pipes come from the tree's pipe table (restore::tree::Pipes).
+        FdKind::Stdio | FdKind::Pipe | FdKind::UnixStream => return Ok(None),
         FdKind::Directory => raw_open(
             &f.path,
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,

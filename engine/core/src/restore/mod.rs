@@ -10,6 +10,7 @@ mod files;
 mod namespace;
 mod plan_build;
 mod select;
+mod tree;
 pub mod verify;
 
 use std::ffi::CString;
@@ -23,7 +24,7 @@ use torpor_image::ImageError;
 
 use files::{copy_into, put_back_output, relock, reopen};
 use namespace::enter_pid_namespace;
-pub use plan_build::build_plan;
+pub use plan_build::{build_plan, build_plan_closing};
 pub use select::{check_compat, select, Selected};
 
 /// Why an image cannot be restored here. Nothing has been changed when these are returned.
@@ -119,8 +120,8 @@ fn move_above(fd: OwnedFd, min: i32, cloexec: bool) -> Result<i32, RestoreError>
     Ok(n)
 }
 
-/// Restores the selected image in this process. Returns only on failure before the
-/// point of no return.
+/// Restores the selected generation in this process (a process tree when the manifest
+/// lists several processes). Returns only on failure before the point of no return.
 pub fn restore(
     sel: Selected,
     stage2: &[u8],
@@ -128,6 +129,9 @@ pub fn restore(
     verbose: bool,
     slurm: bool,
 ) -> Result<std::convert::Infallible, RestoreError> {
+    if sel.manifest.as_ref().is_some_and(|m| m.processes.len() > 1) {
+        return tree::restore_tree(sel, stage2, pids, verbose, slurm);
+    }
     let meta = sel.reader.meta().clone();
     check_compat(&meta)?;
     if slurm {
@@ -139,42 +143,9 @@ pub fn restore(
     if !sel.skipped.is_empty() || verbose {
         eprintln!("torpor-restore: using {}", sel.gen_dir.display());
     }
-    // Shared writable file mappings: put the file back as it was at the checkpoint.
-    for r in &meta.regions {
-        if let Some(cap) = &r.captured {
-            let mut out = fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&r.name)
-                .map_err(ioe(r.name.clone()))?;
-            copy_into(&sel.gen_dir.join(cap), &mut out)?;
-            out.sync_all().map_err(ioe(r.name.clone()))?;
-        }
-    }
-    // Reopen the program's files (still at temporary numbers).
-    let mut files = Vec::new();
-    for f in &meta.fds {
-        if f.dup_of.is_some() {
-            continue;
-        }
-        if let Some(fd) = reopen(f, &sel.gen_dir)? {
-            files.push((f.fd, fd));
-        }
-    }
-    std::env::set_current_dir(&meta.process.cwd)
-        .map_err(ioe(format!("cwd {}", meta.process.cwd)))?;
-    for &(res, soft, hard) in &meta.process.rlimits {
-        let lim = libc::rlimit64 {
-            rlim_cur: soft,
-            rlim_max: hard,
-        };
-        // SAFETY: setrlimit64 on ourselves with a valid struct.
-        if unsafe { libc::setrlimit64(res as _, &lim) } != 0 && verbose {
-            eprintln!("torpor-restore: could not restore rlimit {res}");
-        }
-    }
-    // SAFETY: umask cannot fail.
-    unsafe { libc::umask(meta.process.umask) };
+    let pipes = tree::Pipes::create(&[&meta], &sel.gen_dir)?;
+    let files = prepare_process(&meta, &sel.gen_dir, &pipes, verbose)?;
+    drop(pipes);
     let stage2_file = memfd(c"torpor-restore", stage2)?;
     let orig_pid = meta.origin.pid;
     let same_pids = match pids {
@@ -197,20 +168,182 @@ pub fn restore(
             }
         }
     };
+    let (image_file, _) = sel.reader.into_parts();
+    Err(exec_stage2(
+        &meta,
+        image_file,
+        &stage2_file,
+        files,
+        &[],
+        same_pids,
+        verbose,
+        &sel.gen_dir,
+        sel.started,
+    ))
+}
+
+/// One mapping of tree shared memory in this process: (start, the object's fd, its
+/// offset in the object).
+pub(super) struct ShmMap<'a> {
+    pub start: u64,
+    pub fd: &'a OwnedFd,
+    pub offset: u64,
+}
+
+/// Puts the process's files back and reopens its fds (at temporary numbers), then sets
+/// cwd, rlimits and umask. Returns (target fd, open fd) pairs.
+pub(super) fn prepare_process(
+    meta: &torpor_image::meta::ProcessMeta,
+    gen_dir: &std::path::Path,
+    pipes: &tree::Pipes,
+    verbose: bool,
+) -> Result<Vec<(i32, OwnedFd)>, RestoreError> {
+    // Shared writable file mappings: put the file back as it was at the checkpoint.
+    for r in &meta.regions {
+        if let Some(cap) = &r.captured {
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&r.name)
+                .map_err(ioe(r.name.clone()))?;
+            copy_into(&gen_dir.join(cap), &mut out)?;
+            out.sync_all().map_err(ioe(r.name.clone()))?;
+        }
+    }
+    // Reopen the program's files (still at temporary numbers).
+    let mut files = Vec::new();
+    for f in &meta.fds {
+        if f.dup_of.is_some() {
+            continue;
+        }
+        if matches!(
+            f.kind,
+            torpor_image::meta::FdKind::Pipe | torpor_image::meta::FdKind::UnixStream
+        ) {
+            if let Some(fd) = pipes.end_for(f)? {
+                files.push((f.fd, fd));
+            }
+            continue;
+        }
+        if let Some(fd) = reopen(f, gen_dir)? {
+            files.push((f.fd, fd));
+        }
+    }
+    std::env::set_current_dir(&meta.process.cwd)
+        .map_err(ioe(format!("cwd {}", meta.process.cwd)))?;
+    for &(res, soft, hard) in &meta.process.rlimits {
+        let lim = libc::rlimit64 {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit64 on ourselves with a valid struct.
+        if unsafe { libc::setrlimit64(res as _, &lim) } != 0 && verbose {
+            eprintln!("torpor-restore: could not restore rlimit {res}");
+        }
+    }
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(meta.process.umask) };
+    Ok(files)
+}
+
+/// Places the fds at their numbers, writes the plan and execs stage 2. Returns only
+/// the error that stopped it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn exec_stage2(
+    meta: &torpor_image::meta::ProcessMeta,
+    image_file: File,
+    stage2_file: &File,
+    files: Vec<(i32, OwnedFd)>,
+    shm: &[ShmMap],
+    same_pids: bool,
+    verbose: bool,
+    gen_dir: &std::path::Path,
+    started: std::time::Instant,
+) -> RestoreError {
+    match place_and_exec(
+        meta,
+        image_file,
+        stage2_file,
+        files,
+        shm,
+        same_pids,
+        verbose,
+        gen_dir,
+        started,
+    ) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn place_and_exec(
+    meta: &torpor_image::meta::ProcessMeta,
+    image_file: File,
+    stage2_file: &File,
+    files: Vec<(i32, OwnedFd)>,
+    shm: &[ShmMap],
+    same_pids: bool,
+    verbose: bool,
+    gen_dir: &std::path::Path,
+    started: std::time::Instant,
+) -> Result<std::convert::Infallible, RestoreError> {
+    let orig_pid = meta.origin.pid;
     // Place the fds: everything we keep goes above every target first.
     let max_target = meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
     let base = max_target + 1;
-    let (image_file, _) = sel.reader.into_parts();
     let image_fd = move_above(OwnedFd::from(image_file), base, false)?;
-    let stage2_fd = move_above(OwnedFd::from(stage2_file), base, true)?;
+    // SAFETY: F_DUPFD_CLOEXEC of the stage 2 memfd, owned by the new number.
+    let stage2_fd = move_above(
+        stage2_file
+            .try_clone()
+            .map(OwnedFd::from)
+            .map_err(ioe("stage 2 memfd"))?,
+        base,
+        true,
+    )?;
     let mut staged = Vec::new();
     for (target, fd) in files {
         staged.push((target, move_above(fd, base, true)?));
+    }
+    // Tree shared memory: stage 2 maps the one object through /proc/self/fd (instead of
+    // a fresh memfd of its own) and closes the fd; no pages are read from the image.
+    if shm.len() > 8 {
+        return Err(RestoreError::Io {
+            what: "shared memory".into(),
+            source: std::io::Error::other("more than 8 shared memory mappings in one process"),
+        });
+    }
+    let mut shm_fds = Vec::new();
+    let mut rewritten;
+    let mut meta = meta;
+    if !shm.is_empty() {
+        rewritten = meta.clone();
+        for m in shm {
+            let fd = move_above(
+                m.fd.try_clone().map_err(ioe("shared memory fd"))?,
+                base,
+                false,
+            )?;
+            shm_fds.push(fd);
+            let Some(r) = rewritten.regions.iter_mut().find(|r| r.start == m.start) else {
+                continue;
+            };
+            r.kind = torpor_image::meta::RegionKind::FileShared;
+            r.name = format!("/proc/self/fd/{fd}");
+            r.offset = m.offset;
+            r.file = None;
+            r.captured = None;
+            let (s, e) = (r.start, r.end);
+            rewritten.chunks.retain(|c| c.vaddr < s || c.vaddr >= e);
+        }
+        meta = &rewritten;
     }
     let keep: Vec<i32> = staged
         .iter()
         .map(|s| s.1)
         .chain([image_fd, stage2_fd])
+        .chain(shm_fds.iter().copied())
         .collect();
     for fd in fds_open() {
         if fd > 2 && !keep.contains(&fd) {
@@ -218,10 +351,10 @@ pub fn restore(
             unsafe { libc::close(fd) };
         }
     }
-    let plan_probe = build_plan(&meta, image_fd, 0, same_pids);
+    let plan_probe = build_plan_closing(meta, image_fd, 0, same_pids, &shm_fds);
     let plan_file = memfd(c"torpor-plan", &plan_probe)?;
     let plan_fd = move_above(OwnedFd::from(plan_file), base, false)?;
-    let plan = build_plan(&meta, image_fd, plan_fd, same_pids);
+    let plan = build_plan_closing(meta, image_fd, plan_fd, same_pids, &shm_fds);
     // SAFETY: pwrite into our own memfd (same length as before).
     unsafe { libc::pwrite(plan_fd, plan.as_ptr() as *const libc::c_void, plan.len(), 0) };
     for (target, fd) in &staged {
@@ -239,17 +372,17 @@ pub fn restore(
             return Err(last_os("dup2 (shared open file)"));
         }
     }
-    relock(&meta)?;
+    relock(meta)?;
     if verbose {
         eprintln!(
             "torpor-restore: restoring pid {} from {} ({} threads, {} regions, {} pages, {} pids; checked in {} ms)",
             orig_pid,
-            sel.gen_dir.display(),
+            gen_dir.display(),
             meta.threads.len(),
             meta.regions.len(),
             meta.pages_saved(),
             if same_pids { "original" } else { "new" },
-            sel.started.elapsed().as_millis()
+            started.elapsed().as_millis()
         );
     }
     let argv0 = CString::new("torpor-restore").unwrap_or_default();

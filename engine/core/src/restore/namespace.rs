@@ -39,17 +39,29 @@ fn wait_and_mirror(child: i32, reap_all: bool) -> ! {
         // SAFETY: installs a handler that only calls kill.
         unsafe { libc::signal(sig, forward as *const () as usize) };
     }
+    let mut child_status: Option<i32> = None;
     loop {
         let mut st = 0;
         // SAFETY: waits for our children.
         let w = unsafe { libc::waitpid(if reap_all { -1 } else { child }, &mut st, libc::__WALL) };
         if w < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // Pid 1 of the namespace: the program and every orphan of its tree
+                // have ended; end the way the program did.
+                Some(libc::ECHILD) if child_status.is_some() => {
+                    st = child_status.unwrap_or(0);
+                }
+                _ => std::process::exit(127),
             }
-            std::process::exit(127);
+        } else if w == child && reap_all && !libc::WIFSIGNALED(st) {
+            // Exited normally: orphans of its tree run on until they end too.
+            child_status = Some(st);
+            continue;
+        } else if w != child {
+            continue;
         }
-        if w == child {
+        {
             if libc::WIFSIGNALED(st) {
                 let sig = libc::WTERMSIG(st);
                 // SAFETY: re-raise the same signal with its default action.
@@ -231,6 +243,12 @@ fn keep_checkpoint_restore_cap() {
 }
 
 pub(super) fn close_all_but_stdio() {
+    // Not through /proc/self/fd: the outer process shares its mount namespace with the
+    // namespace's pid 1, whose fresh /proc (mounted at any moment) does not show it.
+    // SAFETY: close_range(3, ~0, 0) closes our own fds above stdio.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } == 0 {
+        return;
+    }
     for fd in fds_open() {
         if fd > 2 {
             // SAFETY: closing fds in a process that only waits from now on.

@@ -36,6 +36,21 @@ fn fill_threads() -> u64 {
 
 /// Serializes the plan that stage 2 follows.
 pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bool) -> Vec<u8> {
+    build_plan_closing(meta, image_fd, plan_fd, same_pids, &[])
+}
+
+/// [`build_plan`], with fds that stage 2 closes after mapping the regions.
+pub fn build_plan_closing(
+    meta: &ProcessMeta,
+    image_fd: i32,
+    plan_fd: i32,
+    same_pids: bool,
+    close: &[i32],
+) -> Vec<u8> {
+    let mut close_fds = [-1i64; 8];
+    for (slot, &fd) in close_fds.iter_mut().zip(close) {
+        *slot = fd as i64;
+    }
     let mut strings = vec![0u8];
     let mut regions = Vec::new();
     let mut extents = Vec::new();
@@ -185,6 +200,7 @@ pub fn build_plan(meta: &ProcessMeta, image_fd: i32, plan_fd: i32, same_pids: bo
             .and_then(|v| v.parse::<u64>().ok())
             .map(|a| a + 1)
             .unwrap_or(0),
+        close_fds,
         ..Default::default()
     };
     let mut off = std::mem::size_of::<PlanHeader>() as u64;

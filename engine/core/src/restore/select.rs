@@ -23,9 +23,11 @@ pub struct Selected {
     pub skipped: Vec<String>,
     /// When the selection started (for the timing printed with `--verbose`).
     pub started: std::time::Instant,
+    /// The generation's manifest (absent when an image file was given).
+    pub manifest: Option<torpor_image::store::Manifest>,
 }
 
-fn open_checked(img: &Path) -> Result<ImageReader, RestoreError> {
+pub(super) fn open_checked(img: &Path) -> Result<ImageReader, RestoreError> {
     let md = fs::metadata(img).map_err(ioe(img.display().to_string()))?;
     if md.uid() != my_uid() {
         return Err(RestoreError::Owner {
@@ -39,7 +41,7 @@ fn open_checked(img: &Path) -> Result<ImageReader, RestoreError> {
     Ok(r)
 }
 
-fn open_gen(gen_dir: &Path) -> Result<ImageReader, RestoreError> {
+fn open_gen(gen_dir: &Path) -> Result<(ImageReader, torpor_image::store::Manifest), RestoreError> {
     // The generation and its manifest must be the caller's too: another user must not be
     // able to point us at images or captured files of their choosing.
     for p in [gen_dir.to_path_buf(), gen_dir.join(MANIFEST)] {
@@ -62,7 +64,12 @@ fn open_gen(gen_dir: &Path) -> Result<ImageReader, RestoreError> {
         .processes
         .first()
         .ok_or_else(|| RestoreError::NoImage(gen_dir.into()))?;
-    open_checked(&gen_dir.join(&p.image))
+    let first = open_checked(&gen_dir.join(&p.image))?;
+    // A process tree is valid only as a whole (ADR 0006).
+    for other in m.processes.iter().skip(1).filter(|p| !p.image.is_empty()) {
+        open_checked(&gen_dir.join(&other.image))?;
+    }
+    Ok((first, m))
 }
 
 /// Chooses what to restore from `path`: an image file, a generation directory, or a
@@ -77,15 +84,18 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
             reader,
             skipped: vec![],
             started,
+            manifest: None,
         });
     }
     if path.join(MANIFEST).is_file() {
+        let (reader, manifest) = open_gen(path)?;
         return Ok(Selected {
             gen_dir: path.into(),
             generation: None,
-            reader: open_gen(path)?,
+            reader,
             skipped: vec![],
             started,
+            manifest: Some(manifest),
         });
     }
     let store = Store::new(path);
@@ -96,13 +106,14 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
     let mut skipped = Vec::new();
     for &g in gens.iter().rev() {
         match open_gen(&store.gen_dir(g)) {
-            Ok(reader) => {
+            Ok((reader, manifest)) => {
                 return Ok(Selected {
                     gen_dir: store.gen_dir(g),
                     generation: Some(g),
                     reader,
                     skipped,
                     started,
+                    manifest: Some(manifest),
                 })
             }
             Err(e @ RestoreError::Owner { .. }) => return Err(e),
