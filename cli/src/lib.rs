@@ -5,11 +5,12 @@ pub mod gc;
 pub mod inspect;
 pub mod paths;
 pub mod run;
+pub mod shell;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// torpor: transparent checkpoint/restart of unmodified programs.
+/// Transparent checkpoint/restart of unmodified programs and batch jobs.
 #[derive(Debug, Parser)]
 #[command(name = "torpor", version, about)]
 pub struct Cli {
@@ -77,6 +78,17 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write roff manual pages for torpor(1) and every subcommand into DIR.
+    Man {
+        /// Output directory (created if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -105,6 +117,8 @@ pub fn main() -> i32 {
             min_age,
             json,
         } => gc::gc(&roots, yes, min_age, json),
+        Cmd::Completions { shell } => shell::completions(shell),
+        Cmd::Man { dir } => shell::man(&dir),
     };
     match r {
         Ok(code) => code,
