@@ -135,7 +135,8 @@ fn mkdir_private(p: &Path) -> std::io::Result<()> {
         .map_err(std::io::Error::other)
 }
 
-/// The image directory of this program in a Slurm task, claiming the next occurrence.
+/// The image directory of this program in a Slurm task, claiming the next occurrence
+/// (`.claims-<attempt>/<name>`) and creating the directory.
 pub fn slurm_program_dir(
     root: &Path,
     job: &str,
@@ -156,12 +157,63 @@ pub fn slurm_program_dir(
             .mode(0o600)
             .open(claims.join(&name))
         {
-            Ok(_) => return Ok(task_dir.join(name)),
+            Ok(_) => {
+                // Created at once (not at the first checkpoint) so that `torpor checkpoint
+                // JOBID` knows every program of the current attempt that is still running.
+                let dir = task_dir.join(name);
+                mkdir_private(&dir)?;
+                return Ok(dir);
+            }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     }
     Err(std::io::Error::other("too many runs of the same command"))
+}
+
+/// Whether this process is the top process of a Slurm task (its parent is slurmstepd).
+/// `comm`, not `exe`: slurmstepd runs as root and its exe link is not readable by the user.
+pub fn parent_is_stepd() -> bool {
+    // SAFETY: getppid cannot fail.
+    let ppid = unsafe { libc::getppid() };
+    fs::read_to_string(format!("/proc/{ppid}/comm"))
+        .map(|c| c.trim() == "slurmstepd")
+        .unwrap_or(false)
+}
+
+/// Name of the per-task marker: `<root>/<job>/<step>/<task>/task.json`.
+pub const TASK_MARKER: &str = "task.json";
+
+/// Records that this task of a job runs with checkpointing on (written by the task's top
+/// process at every start, so `attempt` tells a current run from an earlier one). `torpor
+/// checkpoint JOBID` signals only steps that have such a marker for the job's current attempt.
+pub fn mark_task(root: &Path, job: &str, step: &str, task: &str, attempt: u32) {
+    let dir = root.join(job).join(step).join(task);
+    if mkdir_private(&dir).is_err() {
+        return;
+    }
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let node = std::env::var("SLURMD_NODENAME").unwrap_or_default();
+    let marker = serde_json::json!({
+        "job": job, "step": step, "task": task, "attempt": attempt,
+        "node": node, "host": host.trim(), "pid": crate::sys::getpid(),
+        // SAFETY: getuid cannot fail.
+        "uid": unsafe { libc::getuid() },
+        "time_unix": crate::sys::unix_time(),
+    });
+    let tmp = dir.join(format!(".{TASK_MARKER}-{}", crate::sys::getpid()));
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, marker.to_string().as_bytes()));
+    if written.is_ok() {
+        let _ = fs::rename(&tmp, dir.join(TASK_MARKER));
+    } else {
+        let _ = fs::remove_file(&tmp);
+    }
 }
 
 /// Whether `dir` holds at least one complete generation.

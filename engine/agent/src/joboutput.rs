@@ -22,15 +22,7 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Whether this process is the batch step's top process (its parent is slurmstepd).
 pub fn is_batch_top(step: &str) -> bool {
-    if step != "4294967291" && step != "batch" {
-        return false;
-    }
-    // SAFETY: getppid cannot fail.
-    let ppid = unsafe { libc::getppid() };
-    // comm, not exe: slurmstepd runs as root and its exe link is not readable by the user.
-    fs::read_to_string(format!("/proc/{ppid}/comm"))
-        .map(|c| c.trim() == "slurmstepd")
-        .unwrap_or(false)
+    (step == "4294967291" || step == "batch") && crate::identity::parent_is_stepd()
 }
 
 fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {

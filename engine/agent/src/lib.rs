@@ -44,6 +44,14 @@ fn env_str(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// The request signal: `TORPOR_SIGNAL` if it is usable, else [`REQUEST_SIGNAL`].
+fn request_signal() -> i32 {
+    env_u64("TORPOR_SIGNAL")
+        .map(|v| v as i32)
+        .filter(|&v| v > 0 && v < 65 && v != PARK_SIGNAL)
+        .unwrap_or(REQUEST_SIGNAL)
+}
+
 /// A descendant of a tree root (`TORPOR_TREE` names another pid): its configuration,
 /// with the root's image directory.
 fn member_from_env() -> Option<(i32, Config)> {
@@ -72,10 +80,7 @@ fn base_config(dir: PathBuf, slurm: bool) -> Config {
         capture_limit: env_u64("TORPOR_CAPTURE_LIMIT").unwrap_or(1 << 30),
         verbose: std::env::var_os("TORPOR_VERBOSE").is_some(),
         park_sig: PARK_SIGNAL,
-        request_sig: env_u64("TORPOR_SIGNAL")
-            .map(|v| v as i32)
-            .filter(|&v| v > 0 && v < 65 && v != PARK_SIGNAL)
-            .unwrap_or(REQUEST_SIGNAL),
+        request_sig: request_signal(),
         slurm,
     }
 }
@@ -130,10 +135,7 @@ fn config_from_env() -> Option<Config> {
         capture_limit: env_u64("TORPOR_CAPTURE_LIMIT").unwrap_or(1 << 30),
         verbose: std::env::var_os("TORPOR_VERBOSE").is_some(),
         park_sig: PARK_SIGNAL,
-        request_sig: env_u64("TORPOR_SIGNAL")
-            .map(|v| v as i32)
-            .filter(|&v| v > 0 && v < 65 && v != PARK_SIGNAL)
-            .unwrap_or(REQUEST_SIGNAL),
+        request_sig: request_signal(),
         slurm,
     })
 }
@@ -189,6 +191,29 @@ extern "C" fn on_request(_sig: i32, info: *mut libc::siginfo_t, _uc: *mut libc::
     manager::REQ_ID.store(id, SeqCst);
     manager::REQ.fetch_add(1, SeqCst);
     sys::futex_wake(&manager::REQ, 1);
+}
+
+/// The request signal's handler in every process of a checkpointed job that is not a
+/// checkpoint target (batch shell, srun, env, inert descendants): `torpor checkpoint JOBID`
+/// signals the whole job, and a real-time signal's default action is to terminate.
+extern "C" fn on_request_elsewhere(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+}
+
+/// Makes the request signal harmless in this process: a no-op handler (not SIG_IGN, which
+/// would be inherited across exec by programs that never load the agent). Left alone when
+/// the process already has a disposition of its own (inherited SIG_IGN).
+fn quiet_request_signal(sig: i32) {
+    // SAFETY: queries the current action into a local.
+    let cur = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if sigwrap::real_sigaction(sig, std::ptr::null(), &mut old) != 0 {
+            return;
+        }
+        old
+    };
+    if cur.sa_sigaction == libc::SIG_DFL {
+        install(sig, on_request_elsewhere);
+    }
 }
 
 fn install(sig: i32, h: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void)) -> bool {
@@ -400,6 +425,26 @@ fn member_main(cfg: Config, mut seen: u32) {
 const TERM_HOLD_NS: u64 = 500_000_000;
 
 fn start() {
+    let slurm_job = env_str("TORPOR_CONTEXT").as_deref() == Some("slurm")
+        && std::env::var_os("TORPOR_DIR").is_some();
+    if slurm_job {
+        // Before anything else: a request for the whole job may arrive at any time. A
+        // target replaces this handler with the real one below.
+        quiet_request_signal(request_signal());
+        if std::env::var_os(identity::INERT_VAR).is_none() && identity::parent_is_stepd() {
+            if let (Some(root), Some(job)) =
+                (std::env::var_os("TORPOR_DIR"), env_str("TORPOR_JOB_ID"))
+            {
+                identity::mark_task(
+                    std::path::Path::new(&root),
+                    &job,
+                    &env_str("TORPOR_STEP_ID").unwrap_or_else(|| "batch".into()),
+                    &env_str("TORPOR_TASK_ID").unwrap_or_else(|| "0".into()),
+                    env_u64("TORPOR_ATTEMPT").unwrap_or(0) as u32,
+                );
+            }
+        }
+    }
     if let Some((root, _)) = std::env::var(tree::TREE_VAR)
         .ok()
         .and_then(|v| tree::parse_var(&v))
@@ -415,10 +460,7 @@ fn start() {
     let Some(cfg) = config_from_env() else {
         // Not a target. In a checkpointed Slurm job, a shell or wrapper that is not
         // checkpointed itself still must not die before its children's final checkpoints.
-        if env_str("TORPOR_CONTEXT").as_deref() == Some("slurm")
-            && std::env::var_os("TORPOR_DIR").is_some()
-            && std::env::var_os(identity::INERT_VAR).is_none()
-        {
+        if slurm_job && std::env::var_os(identity::INERT_VAR).is_none() {
             let grace = env_u64("TORPOR_GRACE_SECS").unwrap_or(10);
             let step = env_str("TORPOR_STEP_ID").unwrap_or_default();
             if let (Some(root), Some(job)) =
@@ -557,6 +599,17 @@ fn report(cfg: &Config, request: i32, out: &Outcome) {
             "pid": sys::getpid(), "request": 0, "ok": true, "restored": true,
         }),
     };
+    let mut status = status;
+    if let Some(o) = status.as_object_mut() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        o.insert("host".into(), host.trim().into());
+        o.insert(
+            "node".into(),
+            std::env::var("SLURMD_NODENAME").unwrap_or_default().into(),
+        );
+        o.insert("time_unix".into(), sys::unix_time().into());
+        o.insert("attempt".into(), cfg.attempt.into());
+    }
     let tmp = cfg.dir.join(format!(".status-{}", sys::getpid()));
     let body = status.to_string();
     let fin = cfg.dir.join("status.json");
