@@ -571,3 +571,50 @@ pub fn drain_verb(
     }
     Ok(if all_ok { 0 } else { 1 })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use torpor_image::store::Manifest;
+
+    #[test]
+    fn poll_tells_the_answers_apart() {
+        let d = std::env::temp_dir().join(format!("torpor-poll-{}", std::process::id()));
+        let store = Store::new(&d);
+        store.create().unwrap();
+        let sent = now_unix();
+        assert_eq!(poll(&d, 0, sent), Answer::NoAnswer);
+        // An old failure (before the request) is not the answer.
+        std::fs::write(
+            d.join("status.json"),
+            format!(
+                r#"{{"ok":false,"error":"old","time_unix":{}}}"#,
+                sent - 60.0
+            ),
+        )
+        .unwrap();
+        assert_eq!(poll(&d, 0, sent), Answer::NoAnswer);
+        std::fs::write(
+            d.join("status.json"),
+            format!(
+                r#"{{"ok":false,"error":"disk full","time_unix":{}}}"#,
+                sent + 0.5
+            ),
+        )
+        .unwrap();
+        assert_eq!(poll(&d, 0, sent), Answer::Failed("disk full".into()));
+        let m = Manifest {
+            generation: 0,
+            attempt: 0,
+            time_unix: sent,
+            hostname: "n1".into(),
+            processes: vec![],
+            bytes: 0,
+        };
+        store.begin(0).unwrap().commit(m).unwrap();
+        assert_eq!(poll(&d, 0, sent), Answer::Committed(1));
+        assert_eq!(poll(&d, 1, sent), Answer::Failed("disk full".into()));
+        std::fs::remove_dir_all(&d).unwrap();
+        assert_eq!(poll(&d, 1, sent), Answer::Ended);
+    }
+}
