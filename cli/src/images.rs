@@ -64,13 +64,35 @@ fn subdirs(d: &Path) -> Vec<(String, PathBuf)> {
     v
 }
 
-fn read_json(p: &Path) -> Option<Value> {
-    serde_json::from_slice(&fs::read(p).ok()?).ok()
+/// Reads a small JSON file the job's user wrote, never through a symlink (the CLI may run
+/// as root on the user's directories).
+pub fn read_json(p: &Path) -> Option<Value> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    f.by_ref().take(1 << 20).read_to_end(&mut buf).ok()?;
+    serde_json::from_slice(&buf).ok()
+}
+
+/// Whether `p` is a real directory (not a symlink to one).
+fn real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
 
 /// Every task marker under a job directory.
 pub fn markers(job_dir: &Path) -> Vec<TaskMarker> {
     let mut out = Vec::new();
+    if !real_dir(job_dir) {
+        return out;
+    }
     for (step_name, step_dir) in subdirs(job_dir) {
         let Some(step) = StepId::parse(&step_name) else {
             continue; // output/, ...
@@ -124,6 +146,9 @@ fn generations(dir: &Path) -> Vec<Generation> {
 /// Every program directory under a job directory (all steps and tasks).
 pub fn programs(job_dir: &Path) -> Vec<Program> {
     let mut out = Vec::new();
+    if !real_dir(job_dir) {
+        return out;
+    }
     for (step_name, step_dir) in subdirs(job_dir) {
         let Some(step) = StepId::parse(&step_name) else {
             continue;
@@ -197,6 +222,19 @@ impl Program {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn never_reads_through_symlinks() {
+        let d = std::env::temp_dir().join(format!("torpor-nofollow-{}", std::process::id()));
+        fs::create_dir_all(d.join("job/0/0")).unwrap();
+        fs::write(d.join("secret.json"), r#"{"attempt":0}"#).unwrap();
+        std::os::unix::fs::symlink(d.join("secret.json"), d.join("job/0/0/task.json")).unwrap();
+        assert!(read_json(&d.join("secret.json")).is_some());
+        assert!(markers(&d.join("job")).is_empty());
+        std::os::unix::fs::symlink(d.join("job"), d.join("link")).unwrap();
+        assert!(programs(&d.join("link")).is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn reads_markers_and_programs() {

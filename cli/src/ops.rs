@@ -265,9 +265,7 @@ fn poll(dir: &std::path::Path, before: u64, sent_at: f64) -> Answer {
     if newest > before {
         return Answer::Committed(newest);
     }
-    let status: Option<Value> = std::fs::read(dir.join("status.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let status = images::read_json(&dir.join("status.json"));
     if let Some(s) = status {
         let t = s["time_unix"].as_f64().unwrap_or(0.0);
         if s["ok"].as_bool() == Some(false) && t >= sent_at - 1.0 {
