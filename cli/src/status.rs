@@ -59,17 +59,17 @@ pub fn job_json(ctx: &Ctx, job: &Job) -> Value {
 /// Runs the verb; returns the exit code.
 pub fn status(ctx: &Ctx, ids: &[u64], json: bool) -> Result<i32> {
     let explicit = !ids.is_empty();
-    let ids: Vec<u64> = if explicit {
-        ids.to_vec()
-    } else {
-        ctx.sched.jobs()?
-    };
     let mut code = 0;
     let mut out = Vec::new();
-    for id in ids {
-        let job = match ctx.sched.job(id) {
+    let listed: Vec<Result<Option<Job>, torpor_sched::SchedError>> = if explicit {
+        ids.iter().map(|&id| ctx.sched.job(id)).collect()
+    } else {
+        ctx.sched.jobs()?.into_iter().map(|j| Ok(Some(j))).collect()
+    };
+    for (i, r) in listed.into_iter().enumerate() {
+        let id = ids.get(i).copied().unwrap_or_default();
+        let job = match r {
             Ok(Some(j)) => j,
-            Ok(None) if !explicit => continue,
             Ok(None) => {
                 eprintln!("torpor: job {id} is not known to {}", ctx.sched.name());
                 code = 1;

@@ -156,8 +156,8 @@ pub trait Scheduler: Send + Sync {
     fn name(&self) -> &'static str;
     /// The job, or `None` when the batch system does not know it (any more).
     fn job(&self, id: u64) -> Result<Option<Job>>;
-    /// Every job the batch system shows the caller (all states).
-    fn jobs(&self) -> Result<Vec<u64>>;
+    /// Every job the batch system shows the caller (all states), in one query.
+    fn jobs(&self) -> Result<Vec<Job>>;
     /// Running or suspended jobs with an allocation on any of `nodes`.
     fn jobs_on_nodes(&self, nodes: &[String]) -> Result<Vec<u64>>;
     /// The job's running steps (the batch step included).

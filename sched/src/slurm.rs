@@ -183,6 +183,14 @@ pub fn parse_job(line: &str) -> Option<Job> {
     })
 }
 
+/// Every job of `scontrol -o show job` (one line each; "No jobs in the system" gives none).
+pub fn parse_jobs(text: &str) -> Vec<Job> {
+    text.lines()
+        .filter(|l| l.starts_with("JobId="))
+        .filter_map(parse_job)
+        .collect()
+}
+
 /// Steps from `scontrol -o show step JOB` (the batch step included; extern and
 /// interactive steps, which torpor never checkpoints, left out).
 pub fn parse_steps(text: &str) -> Vec<Step> {
@@ -247,13 +255,9 @@ impl Scheduler for Slurm {
         }
     }
 
-    fn jobs(&self) -> Result<Vec<u64>> {
-        let out = self.must(
-            &self.squeue,
-            SQUEUE_VAR,
-            &["-h".into(), "-a".into(), "-o".into(), "%A".into()],
-        )?;
-        Ok(ids(&out))
+    fn jobs(&self) -> Result<Vec<Job>> {
+        let out = self.scontrol(&["-o".into(), "show".into(), "job".into()])?;
+        Ok(parse_jobs(&out))
     }
 
     fn jobs_on_nodes(&self, nodes: &[String]) -> Result<Vec<u64>> {
@@ -388,6 +392,9 @@ StepId=1.extern UserId=1001 StartTime=2026-11-22T08:14:42 TimeLimit=UNLIMITED St
         assert_eq!(parse_kv(PENDING)["Command"], "/home/alice/run me.sh");
         assert_eq!(parse_kv(JOB)["TRES"], "cpu=1,node=1,billing=1");
         assert!(parse_job("slurm_load_jobs error: Invalid job id specified").is_none());
+        let all = parse_jobs(&format!("{JOB}\n{PENDING}\n"));
+        assert_eq!(all.iter().map(|j| j.id).collect::<Vec<_>>(), vec![1, 7]);
+        assert!(parse_jobs("No jobs in the system\n").is_empty());
     }
 
     #[test]

@@ -193,6 +193,17 @@ fn checkpoint_keeps_running(ctx: &Ctx) {
             }),
         format!("status lists both programs with generation 1 (> 1 MiB), running, on a node: {sprogs:?}"),
     );
+    let every = torpor_user(ctx, &["status", "--json"]);
+    let ev = parse_json(&every, "torpor status --json (all jobs)");
+    ck.check(
+        every.ok()
+            && ev.as_array().is_some_and(|a| {
+                a.iter().any(|j| {
+                    j["job"] == job.0 && j["programs"].as_array().is_some_and(|p| p.len() == 2)
+                })
+            }),
+        format!("status without JOBID lists the job with its programs: {ev}"),
+    );
     let human = torpor_user(ctx, &["status", &job.to_string()]);
     ck.check(
         human.ok() && human.stdout.starts_with("JOBID") && human.stdout.lines().count() == 3,
