@@ -225,6 +225,27 @@ fn checkpoint_keeps_running(ctx: &Ctx) {
             ),
         );
     }
+    // One step only: step 0's program commits generation 2, the batch program is left alone.
+    let out = torpor_user(ctx, &["checkpoint", &format!("{job}.0"), "--json"]);
+    let v = parse_json(&out, "torpor checkpoint JOB.0 --json");
+    let batch_dir = dirs
+        .iter()
+        .find(|d| d.display().to_string().contains("/4294967291/"));
+    let step_dir = dirs
+        .iter()
+        .find(|d| d.display().to_string().contains(&format!("/{job}/0/")));
+    ck.check(
+        out.ok()
+            && v["steps"] == serde_json::json!(["0"])
+            && v["programs"].as_array().is_some_and(|p| p.len() == 1)
+            && v["programs"][0]["generation"] == 2
+            && step_dir.is_some_and(|d| generations(d) == vec![1, 2])
+            && batch_dir.is_some_and(|d| generations(d) == vec![1]),
+        format!(
+            "checkpoint {job}.0 reaches step 0 only: {v}; {}",
+            ctx.stores(job)
+        ),
+    );
     let fin = wait_end(ctx, job);
     ck.check(fin == "COMPLETED", format!("job completed: {fin}"));
     ck.check(ctx.restarts(job) == 0, "never requeued");
