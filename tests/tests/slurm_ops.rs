@@ -481,6 +481,57 @@ fn drain_node(ctx: &Ctx) {
     ck.finish(&ctx_text);
 }
 
+/// `torpor drain n3 --force`: a job without checkpointing is requeued anyway, and the
+/// operator is told its work is lost; it starts over elsewhere.
+fn drain_force(ctx: &Ctx) {
+    let c = &ctx.c;
+    c.root_cmd(
+        "scontrol",
+        &["update", "nodename=n1,n2", "state=drain", "reason=fill-n3"],
+    )
+    .expect("drain n1,n2");
+    let (cmd, trace) = ctx.command(20, "force");
+    let job = ctx.submit(&[], &format!("#!/bin/bash\n{cmd}\n"));
+    let r = c.wait_for("plain job running", WAIT, || {
+        Ok(Trace::read(&trace).max_step().is_some_and(|s| s >= 3))
+    });
+    c.root_cmd("scontrol", &["update", "nodename=n1,n2", "state=resume"])
+        .expect("resume n1,n2");
+    let mut ck = Checks::default();
+    ck.check(r.is_ok(), format!("plain job running: {r:?}"));
+    let out = torpor_root(ctx, &["drain", "n3", "--reason", "force test", "--force"]);
+    ck.check(
+        out.ok(),
+        format!("exit 0: every job handled ({})", out.status),
+    );
+    ck.check(
+        out.stdout.starts_with("JOBID")
+            && out.stdout.contains(&format!("{job} "))
+            && out.stdout.contains("WITHOUT checkpoint")
+            && out.stdout.contains("NODELIST")
+            && out.stderr.contains("work so far is lost"),
+        "human output: the job's line says requeued without checkpoint, the node table, and the warning",
+    );
+    let fin = ctx.wait_done_after_restart(job, Duration::from_secs(120));
+    ck.check(
+        fin == "COMPLETED",
+        format!("job completed after starting over: {fin}"),
+    );
+    let tr = Trace::read(&trace);
+    ck.check(
+        tr.count(&Event::Start) == 2,
+        format!("started over (two starts): {}", tr.summary()),
+    );
+    let node = c
+        .job_field(job, "NodeList")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    ck.check(node != "n3", format!("ran again elsewhere: {node}"));
+    let _ = c.root_cmd("scontrol", &["update", "nodename=n3", "state=resume"]);
+    ck.finish(&context(ctx, job, &[&trace]));
+}
+
 #[test]
 fn slurm_ops() {
     let t0 = Instant::now();
@@ -506,6 +557,7 @@ fn slurm_ops() {
         ("vacate_resumes", &vacate_resumes),
         ("refusals", &refusals),
         ("drain_node", &drain_node),
+        ("drain_force", &drain_force),
     ];
     cases::run(&ctx, all);
     eprintln!("slurm_ops: {:.1}s in all", t0.elapsed().as_secs_f64());
