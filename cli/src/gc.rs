@@ -8,10 +8,10 @@
 //! that has not been modified for `--min-age` seconds. Dry run unless `--yes`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use torpor_sched::Scheduler;
 
 /// Job directories directly under a root: `<root>/<jobid>` (root may contain `%u`-style
 /// per-user directories; both `<root>/<job>` and `<root>/<user>/<job>` are scanned).
@@ -47,25 +47,6 @@ fn job_dirs(root: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
-/// Jobs Slurm still knows (any state in the queue).
-fn queued_jobs() -> Result<Vec<u64>> {
-    let squeue = std::env::var("TORPOR_SQUEUE").unwrap_or_else(|_| "squeue".into());
-    let out = Command::new(&squeue)
-        .args(["-h", "-a", "-o", "%A"])
-        .output()
-        .with_context(|| format!("running {squeue}"))?;
-    if !out.status.success() {
-        bail!(
-            "{squeue} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|s| s.parse().ok())
-        .collect())
-}
-
 fn newest_mtime(p: &Path) -> SystemTime {
     let mut t = std::fs::symlink_metadata(p)
         .and_then(|m| m.modified())
@@ -90,7 +71,7 @@ pub fn gc(roots: &[PathBuf], yes: bool, min_age: u64, json: bool) -> Result<i32>
     if roots.is_empty() {
         bail!("give the image root(s) with --root DIR (the plugstack `dir=` without %u)");
     }
-    let queued = queued_jobs()?;
+    let queued = torpor_sched::Slurm::from_env().queued()?;
     let now = SystemTime::now();
     let mut report = Vec::new();
     for root in roots {

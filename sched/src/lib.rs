@@ -158,6 +158,9 @@ pub trait Scheduler: Send + Sync {
     fn job(&self, id: u64) -> Result<Option<Job>>;
     /// Every job the batch system shows the caller (all states), in one query.
     fn jobs(&self) -> Result<Vec<Job>>;
+    /// Ids of the jobs still in the queue in any state (pending, running, suspended,
+    /// requeued, held, completing): a job that may run again is among them.
+    fn queued(&self) -> Result<Vec<u64>>;
     /// Running or suspended jobs with an allocation on any of `nodes`.
     fn jobs_on_nodes(&self, nodes: &[String]) -> Result<Vec<u64>>;
     /// The job's running steps (the batch step included).

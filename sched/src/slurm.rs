@@ -260,6 +260,15 @@ impl Scheduler for Slurm {
         Ok(parse_jobs(&out))
     }
 
+    fn queued(&self) -> Result<Vec<u64>> {
+        let out = self.must(
+            &self.squeue,
+            SQUEUE_VAR,
+            &["-h".into(), "-a".into(), "-o".into(), "%A".into()],
+        )?;
+        Ok(ids(&out))
+    }
+
     fn jobs_on_nodes(&self, nodes: &[String]) -> Result<Vec<u64>> {
         let out = self.must(
             &self.squeue,
