@@ -608,7 +608,7 @@ fn report(cfg: &Config, request: i32, out: &Outcome) {
             std::env::var("SLURMD_NODENAME").unwrap_or_default().into(),
         );
         o.insert("time_unix".into(), sys::unix_time().into());
-        o.insert("attempt".into(), cfg.attempt.into());
+        o.insert("attempt".into(), manager::ATTEMPT.load(SeqCst).into());
     }
     let tmp = cfg.dir.join(format!(".status-{}", sys::getpid()));
     let body = status.to_string();

@@ -18,6 +18,20 @@ extern "C" fn forward(sig: i32) {
     }
 }
 
+/// The request signal: forwarded only when it was queued to this process (`torpor
+/// checkpoint --pid`, with its request id). Sent with kill/killpg (Slurm's `scancel
+/// --signal`), it reaches the restored program directly, being in the same process group
+/// and cgroup; forwarding it too would ask for a checkpoint once per waiting process.
+extern "C" fn forward_request(sig: i32, info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    let pid = FORWARD_TO.load(SeqCst);
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let (code, value) = unsafe { ((*info).si_code, (*info).si_value()) };
+    if pid > 0 && code == libc::SI_QUEUE {
+        // SAFETY: sigqueue is async-signal-safe; passes the request id on.
+        unsafe { libc::sigqueue(pid, sig, value) };
+    }
+}
+
 /// Waits for `child` while forwarding signals to it, then exits the way it did.
 fn wait_and_mirror(child: i32, reap_all: bool) -> ! {
     FORWARD_TO.store(child, SeqCst);
@@ -30,14 +44,22 @@ fn wait_and_mirror(child: i32, reap_all: bool) -> ! {
         libc::SIGUSR2,
         libc::SIGCONT,
         libc::SIGALRM,
-        std::env::var("TORPOR_SIGNAL")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .filter(|&s: &i32| (34..=64).contains(&s) && s != 61 || s == 10 || s == 12)
-            .unwrap_or(38),
     ] {
         // SAFETY: installs a handler that only calls kill.
         unsafe { libc::signal(sig, forward as *const () as usize) };
+    }
+    let request = std::env::var("TORPOR_SIGNAL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&s: &i32| (34..=64).contains(&s) && s != 61 || s == 10 || s == 12)
+        .unwrap_or(38);
+    // SAFETY: installs a handler that only calls sigqueue; a zeroed sigaction is valid.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = forward_request as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(request, &sa, std::ptr::null_mut());
     }
     let mut child_status: Option<i32> = None;
     loop {
