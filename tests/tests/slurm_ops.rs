@@ -290,6 +290,30 @@ fn vacate_resumes(ctx: &Ctx) {
     );
     let (state, t_stop) = ctx.wait_stopped(job);
     eprintln!("  stopped ({state}) {} ms after vacate", t_stop - t_req);
+    let stopped_at = Trace::read(&trace).max_step().unwrap_or(0);
+    // Once restored: one request gives exactly one new generation (the restorer's waiting
+    // processes must not pass Slurm's signal on a second time).
+    let r = ctx.c.wait_for("the job to resume", WAIT, || {
+        Ok(ctx.restarts(job) == 1
+            && Trace::read(&trace)
+                .max_step()
+                .is_some_and(|s| s >= stopped_at + 3))
+    });
+    ck.check(r.is_ok(), format!("resumed and progressing: {r:?}"));
+    let before = generations(&dirs[0]);
+    let out = torpor_user(ctx, &["checkpoint", &job.to_string(), "--json"]);
+    let v = parse_json(&out, "torpor checkpoint --json after the restore");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = generations(&dirs[0]);
+    let prev = v["programs"][0]["previous_generation"]
+        .as_u64()
+        .unwrap_or(0);
+    ck.check(
+        out.ok()
+            && v["programs"][0]["generation"].as_u64() == Some(prev + 1)
+            && after.last().copied() == Some(prev + 1),
+        format!("restored program: one request, one generation: {before:?} -> {after:?}, {v}"),
+    );
     let fin = ctx.wait_done_after_restart(job, Duration::from_secs(120));
     ck.check(
         fin == "COMPLETED",
