@@ -389,6 +389,23 @@ fn place_and_exec(
     let arg1 = CString::new(plan_fd.to_string()).unwrap_or_default();
     let argv = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null::<libc::c_char>()];
+    // The exec resets our handlers to the default, and the default of the request signal
+    // (`torpor checkpoint JOBID` may send it at any time) is to terminate: keep it blocked
+    // across the exec. Stage 2 blocks everything at once and each restored thread gets
+    // its own mask back, so a request that came meanwhile reaches the restored program.
+    let request = std::env::var("TORPOR_SIGNAL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&s: &i32| (34..=64).contains(&s) && s != 61 || s == 10 || s == 12)
+        .unwrap_or(38);
+    // SAFETY: a sigset_t on our stack; sigprocmask only changes this thread's mask.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, request);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
     // SAFETY: execveat of our memfd with valid argv/envp arrays.
     unsafe {
         libc::syscall(
@@ -400,5 +417,8 @@ fn place_and_exec(
             libc::AT_EMPTY_PATH,
         )
     };
-    Err(last_os("exec of the restorer's second stage"))
+    let err = last_os("exec of the restorer's second stage");
+    // SAFETY: undoes the block above (the caller may start the program fresh).
+    unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    Err(err)
 }
