@@ -606,8 +606,7 @@ mod tests {
             attempt: 0,
             time_unix: sent,
             hostname: "n1".into(),
-            processes: vec![],
-            bytes: 0,
+            ..Manifest::default()
         };
         store.begin(0).unwrap().commit(m).unwrap();
         assert_eq!(poll(&d, 0, sent), Answer::Committed(1));
