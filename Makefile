@@ -10,7 +10,7 @@ PACKAGE_DIR ?= target/package
 # that test-package installed.
 TEST_SUITES := unit engine package slurm fuzz
 
-.PHONY: all setup fmt-check clippy build package install-package test demo bench $(addprefix test-,$(TEST_SUITES))
+.PHONY: all setup fmt-check clippy build package install-package lint-package test demo bench $(addprefix test-,$(TEST_SUITES))
 
 all: build
 
@@ -43,6 +43,10 @@ package: build
 # /usr/lib/torpor, /etc/slurm/plugstack.conf.d/torpor.conf.
 install-package: package
 	dpkg -i $(PACKAGE_DIR)/torpor_*.deb
+
+# Optional (not in CI): Debian's policy checker, `apt-get install lintian` first.
+lint-package: package
+	lintian --fail-on error,warning $(PACKAGE_DIR)/torpor_*.deb
 
 # What the packages hold (dpkg-deb, rpm -qlp); then the .deb installed, removed, reinstalled,
 # purged and installed (it stays installed): test-slurm's slurm_installed then runs a

@@ -186,7 +186,7 @@ install -D -m 0644 "$WORK/_torpor" "$DEBROOT/usr/share/zsh/vendor-completions/_t
 {
     echo "torpor ($DEB_VERSION) unstable; urgency=medium"
     echo
-    echo "  * Package built by packaging/build-packages.sh against Slurm $SLURM_PKG_VERSION."
+    echo "  * Built by packaging/build-packages.sh against Slurm $SLURM_PKG_VERSION."
     echo
     echo " -- $MAINTAINER  $(date -R -u -d "@${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}")"
 } | gzip -9n > "$DEBROOT/$DOC/changelog.Debian.gz"
