@@ -193,8 +193,7 @@ pub const KEYS: &[KeyDef] = &[
         value: "<signal>",
         default: Some("RTMIN+4"),
         help: "Signal that asks a job for a checkpoint now (USR1, USR2, RTMIN+N, RTMAX-N or a \
-               number); `torpor checkpoint JOB` sends it to the checkpointed programs only (not with \
-               `scancel --full`: the batch shell has no handler for it and dies).",
+               number); `torpor checkpoint JOB` sends it.",
         apply: |c, v| {
             c.signal = parse_signal(v)?;
             Ok(())
