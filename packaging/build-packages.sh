@@ -24,9 +24,10 @@ REV=${TORPOR_PKG_REVISION:-1}
 MAINTAINER=${TORPOR_PKG_MAINTAINER:-torpor maintainers <torpor@example.invalid>}
 
 die() { echo "build-packages: $*" >&2; exit 1; }
-for t in dpkg-deb rpmbuild objcopy strip readelf gzip dpkg-query; do
+for t in dpkg-deb dpkg-query rpm rpmbuild objcopy objdump nm strip readelf gzip md5sum; do
     command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs rpm and binutils)"
 done
+LDCONFIG=$(command -v ldconfig || echo /sbin/ldconfig)   # /sbin is not on users' PATH
 
 # ---- inputs -------------------------------------------------------------------------------
 ARTIFACTS=(torpor torpor-restore libtorpor_agent.so libtorpor_spank.so)
@@ -79,8 +80,9 @@ RPM_ARCH=$(rpm --eval '%{_arch}')
 DEB_VERSION="$VERSION-$REV+slurm$SLURM"
 RPM_RELEASE="$REV.slurm$SLURM"
 
-rm -rf "$OUT"
+# Only what this script writes is removed (OUT may be any directory).
 mkdir -p "$OUT"
+rm -rf "$OUT/work" "$OUT/debug" "$OUT"/torpor_*.deb "$OUT"/torpor-*.rpm
 WORK="$OUT/work"
 STAGE="$WORK/stage"      # the installed tree, shared by both formats
 DEBUG="$OUT/debug"
@@ -153,7 +155,7 @@ GLIBC_MIN=$(objdump -T "${ELFS[@]}" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIB
 declare -A SHLIB_PKGS=()
 for lib in $(readelf -d "${ELFS[@]}" 2>/dev/null | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | sort -u); do
     case "$lib" in ld-linux*) continue ;; esac
-    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64|64bit|AArch64/ {print $NF; exit}')
+    path=$("$LDCONFIG" -p | awk -v l="$lib" '$1 == l && /x86-64|64bit|AArch64/ {print $NF; exit}')
     [ -n "$path" ] || die "cannot find $lib (needed by a torpor binary)"
     pkg=$(dpkg-query -S "$(realpath "$path")" 2>/dev/null | head -1 | cut -d: -f1) \
         || pkg=$(dpkg-query -S "$path" 2>/dev/null | head -1 | cut -d: -f1) \
