@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing torpor needs on Debian 12, idempotently:
 # Debian's Slurm 22.05 (daemons, clients, headers), munge, clang/libclang (bindgen), rpm and
-# binutils (make package),
-# and the unprivileged user test jobs run as. Safe to run again; skips what is there.
+# binutils (make package), and the unprivileged users test jobs run as. Safe to run again;
+# skips what is there.
 set -euo pipefail
 
 TEST_USER=${TORPOR_TEST_USER:-torpor-test}
