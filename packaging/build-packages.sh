@@ -155,10 +155,12 @@ GLIBC_MIN=$(objdump -T "${ELFS[@]}" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIB
 declare -A SHLIB_PKGS=()
 for lib in $(readelf -d "${ELFS[@]}" 2>/dev/null | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | sort -u); do
     case "$lib" in ld-linux*) continue ;; esac
-    path=$("$LDCONFIG" -p | awk -v l="$lib" '$1 == l && /x86-64|64bit|AArch64/ {print $NF; exit}')
+    # (awk reads to the end: an early exit would SIGPIPE the producer and, under pipefail,
+    # fail the assignment at random.)
+    path=$("$LDCONFIG" -p | awk -v l="$lib" '$1 == l && /x86-64|64bit|AArch64/ && !p {p = $NF} END {print p}')
     [ -n "$path" ] || die "cannot find $lib (needed by a torpor binary)"
-    pkg=$(dpkg-query -S "$(realpath "$path")" 2>/dev/null | head -1 | cut -d: -f1) \
-        || pkg=$(dpkg-query -S "$path" 2>/dev/null | head -1 | cut -d: -f1) \
+    pkg=$(dpkg-query -S "$(realpath "$path")" 2>/dev/null | awk -F: 'NR == 1 {print $1}') \
+        || pkg=$(dpkg-query -S "$path" 2>/dev/null | awk -F: 'NR == 1 {print $1}') \
         || die "no package ships $path"
     [ -n "$pkg" ] || die "no package ships $path"
     SHLIB_PKGS[$pkg]=1
