@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use torpor_tests::cases::{self, Case};
-use torpor_tests::cluster::start_or_skip;
+use torpor_tests::cluster::{release_dir, start_or_skip};
 use torpor_tests::resume::Checks;
 use torpor_tests::resume_checks::{requeue_batch, Ctx, WAIT};
 use torpor_tests::ClusterOptions;
@@ -45,6 +45,14 @@ fn slurm_version() -> String {
     let v = dpkg_query(&["-W", "-f=${Version}", "libslurm-dev"]).unwrap_or_default();
     let v = v.split_once(':').map_or(v.as_str(), |(_, r)| r);
     v.split(['-', '+']).next().unwrap_or_default().to_owned()
+}
+
+/// The GNU build id of an ELF file (`readelf -n`).
+fn build_id(path: &Path) -> Option<String> {
+    let out = Command::new("readelf").arg("-n").arg(path).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_owned))
 }
 
 /// The package: its version names this workspace's version and the Slurm it was built
@@ -79,6 +87,25 @@ fn installed_package(_: &Ctx) {
         ck.check(
             owner == Some(0),
             format!("{path}: owned by root ({owner:?})"),
+        );
+    }
+    // The installed binaries are this workspace's release build (stripping keeps the build
+    // id): a stale package would test some other build, and its images may not even parse.
+    for (installed, built) in [
+        ("/usr/bin/torpor", "torpor"),
+        ("/usr/lib/torpor/torpor-restore", "torpor-restore"),
+        ("/usr/lib/torpor/libtorpor_agent.so", "libtorpor_agent.so"),
+        ("/usr/lib/torpor/libtorpor_spank.so", "libtorpor_spank.so"),
+    ] {
+        let built = release_dir().join(built);
+        let (a, b) = (build_id(Path::new(installed)), build_id(&built));
+        ck.check(
+            a.is_some() && a == b,
+            format!(
+                "{installed} is the build in {} (build id {a:?} vs {b:?}; \
+                 `make install-package` installs this build)",
+                built.display()
+            ),
         );
     }
     let cli = Command::new("/usr/bin/torpor").arg("--version").output();
