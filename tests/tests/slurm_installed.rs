@@ -2,7 +2,7 @@
 //! plugin from `/usr/lib/torpor/` (where the .deb put it), the plugin hands the installed
 //! agent and restorer to the job, and a checkpointed job that is requeued resumes.
 //!
-//! Needs the package installed first (`make test-package` builds and `dpkg -i`s it; CI runs
+//! Needs this build's package installed first (`make test-package` builds and `dpkg -i`s it; CI runs
 //! that before `test-slurm`). Without it: a failure when `CI` is set, a printed skip otherwise.
 //! Run: `make package && dpkg -i target/package/torpor_*.deb &&
 //! cargo test -p torpor-tests --test slurm_installed -- --nocapture`
@@ -38,6 +38,30 @@ fn installed_version() -> Result<String, String> {
             "the torpor package is not installed: dpkg says {status:?}"
         )),
     }
+}
+
+/// The installed package's version if its binaries are this workspace's release build (same
+/// GNU build ids; stripping keeps them), or why not: a stale package would test another
+/// build, whose images this build's test code may not even parse.
+fn installed_build() -> Result<String, String> {
+    let version = installed_version()?;
+    for (installed, built) in [
+        ("/usr/bin/torpor", "torpor"),
+        ("/usr/lib/torpor/torpor-restore", "torpor-restore"),
+        ("/usr/lib/torpor/libtorpor_agent.so", "libtorpor_agent.so"),
+        ("/usr/lib/torpor/libtorpor_spank.so", "libtorpor_spank.so"),
+    ] {
+        let built = release_dir().join(built);
+        let (a, b) = (build_id(Path::new(installed)), build_id(&built));
+        if a.is_none() || a != b {
+            return Err(format!(
+                "the installed torpor {version} is not this build: {installed} has build id \
+                 {a:?}, {} {b:?} (`make install-package` installs this build)",
+                built.display()
+            ));
+        }
+    }
+    Ok(version)
 }
 
 /// Upstream version of the installed Slurm headers (what the plugin was built against).
@@ -87,25 +111,6 @@ fn installed_package(_: &Ctx) {
         ck.check(
             owner == Some(0),
             format!("{path}: owned by root ({owner:?})"),
-        );
-    }
-    // The installed binaries are this workspace's release build (stripping keeps the build
-    // id): a stale package would test some other build, and its images may not even parse.
-    for (installed, built) in [
-        ("/usr/bin/torpor", "torpor"),
-        ("/usr/lib/torpor/torpor-restore", "torpor-restore"),
-        ("/usr/lib/torpor/libtorpor_agent.so", "libtorpor_agent.so"),
-        ("/usr/lib/torpor/libtorpor_spank.so", "libtorpor_spank.so"),
-    ] {
-        let built = release_dir().join(built);
-        let (a, b) = (build_id(Path::new(installed)), build_id(&built));
-        ck.check(
-            a.is_some() && a == b,
-            format!(
-                "{installed} is the build in {} (build id {a:?} vs {b:?}; \
-                 `make install-package` installs this build)",
-                built.display()
-            ),
         );
     }
     let cli = Command::new("/usr/bin/torpor").arg("--version").output();
@@ -162,7 +167,7 @@ fn job_gets_installed_tools(ctx: &Ctx) {
 
 #[test]
 fn slurm_installed() {
-    if let Err(why) = installed_version() {
+    if let Err(why) = installed_build() {
         if std::env::var_os("CI").is_some() {
             panic!(
                 "CI is set but {why}: `make test` installs it in test-package before test-slurm"
