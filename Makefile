@@ -5,9 +5,12 @@
 # `foo` to TEST_SUITES (one line each).
 
 CARGO ?= cargo
-TEST_SUITES := unit engine slurm fuzz
+PACKAGE_DIR ?= target/package
+# `package` comes before `slurm`: test-slurm's slurm_installed runs the cluster on the .deb
+# that test-package installed.
+TEST_SUITES := unit engine package slurm fuzz
 
-.PHONY: all setup fmt-check clippy build test demo bench $(addprefix test-,$(TEST_SUITES))
+.PHONY: all setup fmt-check clippy build package install-package lint-package test demo bench $(addprefix test-,$(TEST_SUITES))
 
 all: build
 
@@ -31,6 +34,26 @@ test-unit: build
 # as the unprivileged user torpor-test. Needs the release build (agent, restorer, CLI).
 test-engine: build
 	$(CARGO) nextest run --release -p torpor-engine-suite -j 6 --no-fail-fast
+
+# The .deb and .rpm, from the release build, into $(PACKAGE_DIR) (see packaging/build-packages.sh).
+package: build
+	bash packaging/build-packages.sh target/release $(PACKAGE_DIR)
+
+# Installs the .deb on this machine (root): CLI in /usr/bin, plugin, agent, restorer in
+# /usr/lib/torpor, /etc/slurm/plugstack.conf.d/torpor.conf.
+install-package: package
+	dpkg -i $(PACKAGE_DIR)/torpor_*.deb
+
+# Optional (not in CI): Debian's policy checker, `apt-get install lintian` first.
+lint-package: package
+	lintian --fail-on error,warning $(PACKAGE_DIR)/torpor_*.deb
+
+# What the packages hold (dpkg-deb, rpm -qlp); then the .deb installed, removed, reinstalled,
+# purged and installed (it stays installed): test-slurm's slurm_installed then runs a
+# checkpointed job through the installed plugin.
+test-package: package
+	$(CARGO) test -p torpor-tests --test package_contents -- --nocapture
+	bash packaging/test-deb-lifecycle.sh $(PACKAGE_DIR)/torpor_*.deb
 
 # Real Slurm: each test binary starts its own cluster (munged, slurmctld, n1..n3) in /tmp.
 test-slurm: build

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing torpor needs on Debian 12, idempotently:
-# Debian's Slurm 22.05 (daemons, clients, headers), munge, clang/libclang (bindgen),
-# and the unprivileged user test jobs run as. Safe to run again; skips what is there.
+# Debian's Slurm 22.05 (daemons, clients, headers), munge, clang/libclang (bindgen), rpm and
+# binutils (make package), and the unprivileged users test jobs run as. Safe to run again;
+# skips what is there.
 set -euo pipefail
 
 TEST_USER=${TORPOR_TEST_USER:-torpor-test}
@@ -9,7 +10,7 @@ TEST_USER=${TORPOR_TEST_USER:-torpor-test}
 # redirect the first one's images.
 TEST_USER2=${TORPOR_TEST_USER2:-torpor-test2}
 PACKAGES=(slurmctld slurmd slurm-client libslurm-dev munge libclang-dev clang
-          python3 perl sqlite3 rpm gcc g++ make util-linux procps)
+          python3 perl sqlite3 rpm binutils gcc g++ make util-linux procps)
 
 SUDO=
 if [ "$(id -u)" -ne 0 ]; then

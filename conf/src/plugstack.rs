@@ -193,7 +193,7 @@ pub const KEYS: &[KeyDef] = &[
         value: "<signal>",
         default: Some("RTMIN+4"),
         help: "Signal that asks a job for a checkpoint now (USR1, USR2, RTMIN+N, RTMAX-N or a \
-               number); send it with `scancel --signal=<n> --full JOB`.",
+               number); `torpor checkpoint JOB` sends it.",
         apply: |c, v| {
             c.signal = parse_signal(v)?;
             Ok(())

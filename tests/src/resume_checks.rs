@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::resume::{
-    describe_store, first_difference, generations, latest_manifest, now_ms, program_dirs,
-    run_steps, Checks, Event, Trace,
+    build_counter, describe_store, first_difference, generations, latest_manifest, now_ms,
+    program_dirs, reference_output, run_steps, Checks, Event, Trace,
 };
 use crate::{Cluster, JobId};
 
@@ -23,6 +23,21 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Builds the counter in the cluster's work directory and records its uninterrupted
+    /// output for each number of steps in `steps`.
+    pub fn new(c: Cluster, steps: &[u32]) -> Self {
+        let counter = build_counter(&c.work_dir()).expect("counter builds");
+        let reference = steps
+            .iter()
+            .map(|&n| (n, reference_output(&counter, n).expect("reference run")))
+            .collect();
+        Self {
+            c,
+            counter,
+            reference,
+        }
+    }
+
     pub fn reference(&self, steps: u32) -> &str {
         self.reference
             .get(&steps)
@@ -330,3 +345,44 @@ pub fn context(ctx: &Ctx, job: JobId, traces: &[&Path]) -> String {
 }
 
 // ---- cases --------------------------------------------------------------------------------
+
+/// A batch job runs the counter directly (`--checkpoint=5s`, 50 steps); `scontrol requeue` in
+/// the middle: a final checkpoint, then the job runs again and the counter resumes from it,
+/// with the output of an uninterrupted run and its images gone at the end.
+pub fn requeue_batch(ctx: &Ctx) {
+    let steps = 50;
+    let (cmd, trace) = ctx.command(steps, "requeue-batch");
+    let job = ctx.submit(&["--checkpoint=5s"], &format!("#!/bin/bash\n{cmd}\n"));
+    let dirs = ctx.wait_progress(job, &[&trace], 14, 1);
+    eprintln!("  before requeue: {}", ctx.stores(job));
+    let t_req = now_ms();
+    ctx.c.requeue(job).expect("scontrol requeue");
+    let (state, t_stop) = ctx.wait_stopped(job);
+    eprintln!(
+        "  after requeue: {state} after {} ms; {}",
+        t_stop - t_req,
+        ctx.stores(job)
+    );
+    let mut ck = Checks::default();
+    ck.check(
+        dirs.len() == 1,
+        format!("one program directory (the counter, not bash): {dirs:?}"),
+    );
+    check_final_checkpoint(&mut ck, &dirs, &[&trace], Some(t_req), "requeue");
+    let fin = ctx.wait_done_after_restart(job, Duration::from_secs(120));
+    eprintln!("  ended {fin} after {} ms", now_ms() - t_req);
+    ck.check(
+        fin == "COMPLETED",
+        format!("job completed after the requeue: {fin}"),
+    );
+    ck.check(ctx.restarts(job) == 1, "requeued exactly once");
+    check_resumed_trace(&mut ck, "counter", &Trace::read(&trace), steps);
+    check_output(
+        &mut ck,
+        "job output file",
+        ctx.reference(steps),
+        &ctx.c.read_output(job).unwrap_or_default(),
+    );
+    check_images_removed(&mut ck, &dirs);
+    ck.finish(&context(ctx, job, &[&trace]));
+}

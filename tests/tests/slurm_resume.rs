@@ -8,7 +8,6 @@
 //! Run: `cargo build --release && cargo test --release -p torpor-tests --test slurm_resume -- --nocapture`
 //! (`TORPOR_CASES=requeue_batch,...` picks cases).
 
-use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,50 +16,10 @@ use torpor_image::store::{Manifest, Store};
 use torpor_tests::cases::{self, Case};
 use torpor_tests::cluster::{release_dir, start_or_skip};
 use torpor_tests::resume::{
-    build_counter, describe_store, job_image_dir, latest_manifest, now_ms, reference_output,
-    Checks, Event, Trace,
+    describe_store, job_image_dir, latest_manifest, now_ms, Checks, Event, Trace,
 };
 use torpor_tests::resume_checks::*;
 use torpor_tests::ClusterOptions;
-
-/// Scenario 1: A batch job runs the program directly; `scontrol requeue` in the middle.
-fn requeue_batch(ctx: &Ctx) {
-    let steps = 50;
-    let (cmd, trace) = ctx.command(steps, "requeue-batch");
-    let job = ctx.submit(&["--checkpoint=5s"], &format!("#!/bin/bash\n{cmd}\n"));
-    let dirs = ctx.wait_progress(job, &[&trace], 14, 1);
-    eprintln!("  before requeue: {}", ctx.stores(job));
-    let t_req = now_ms();
-    ctx.c.requeue(job).expect("scontrol requeue");
-    let (state, t_stop) = ctx.wait_stopped(job);
-    eprintln!(
-        "  after requeue: {state} after {} ms; {}",
-        t_stop - t_req,
-        ctx.stores(job)
-    );
-    let mut ck = Checks::default();
-    ck.check(
-        dirs.len() == 1,
-        format!("one program directory (the counter, not bash): {dirs:?}"),
-    );
-    check_final_checkpoint(&mut ck, &dirs, &[&trace], Some(t_req), "requeue");
-    let fin = ctx.wait_done_after_restart(job, Duration::from_secs(120));
-    eprintln!("  ended {fin} after {} ms", now_ms() - t_req);
-    ck.check(
-        fin == "COMPLETED",
-        format!("job completed after the requeue: {fin}"),
-    );
-    ck.check(ctx.restarts(job) == 1, "requeued exactly once");
-    check_resumed_trace(&mut ck, "counter", &Trace::read(&trace), steps);
-    check_output(
-        &mut ck,
-        "job output file",
-        ctx.reference(steps),
-        &ctx.c.read_output(job).unwrap_or_default(),
-    );
-    check_images_removed(&mut ck, &dirs);
-    ck.finish(&context(ctx, job, &[&trace]));
-}
 
 /// Scenario 1b: the batch script runs perl, which runs the program as its child
 /// (`system`, fork + exec): perl and the program are one process tree, checkpointed
@@ -492,17 +451,9 @@ fn slurm_resume() {
         return;
     };
     eprintln!("cluster up in {:.1}s", t0.elapsed().as_secs_f64());
-    let counter = build_counter(&c.work_dir()).expect("counter builds");
-    let mut reference = BTreeMap::new();
-    for n in [40, 50, 60, 70] {
-        reference.insert(n, reference_output(&counter, n).expect("reference run"));
-    }
-    let ctx = Ctx {
-        c,
-        counter,
-        reference,
-    };
+    let ctx = Ctx::new(c, &[40, 50, 60, 70]);
     let all: &[Case<'_, Ctx>] = &[
+        // Scenario 1 (shared with slurm_installed): requeue of a batch job.
         ("requeue_batch", &requeue_batch),
         ("requeue_tree", &requeue_tree),
         ("requeue_srun_two_tasks", &requeue_srun_two_tasks),

@@ -106,7 +106,10 @@ pub struct ClusterOptions {
     pub cpus_per_node: u32,
     /// The SPANK plugin to load.
     pub plugin: PathBuf,
-    /// plugstack.conf arguments; `None` = [`Cluster::default_plugin_args`].
+    /// Directory holding `libtorpor_agent.so` and `torpor-restore`, for the default plugin
+    /// arguments ([`Cluster::plugin_args`]).
+    pub tools: PathBuf,
+    /// plugstack.conf arguments; `None` = [`Cluster::plugin_args`] with `tools`.
     pub plugin_args: Option<Vec<String>>,
     /// User jobs are submitted as (must exist; `.ci/run` creates `torpor-test`).
     pub user: String,
@@ -126,11 +129,22 @@ impl ClusterOptions {
             nodes: 3,
             cpus_per_node: 2,
             plugin: release_dir().join("libtorpor_spank.so"),
+            tools: release_dir(),
             plugin_args: None,
             user: std::env::var("TORPOR_TEST_USER").unwrap_or_else(|_| "torpor-test".to_owned()),
             tie_to_thread: true,
             dir: None,
             extra_conf: Vec::new(),
+        }
+    }
+
+    /// Like [`Self::for_tests`], but the plugin, agent and restorer installed in `libdir`
+    /// (e.g. `/usr/lib/torpor` by the .deb) instead of the workspace's release build.
+    pub fn installed(libdir: &Path) -> Self {
+        Self {
+            plugin: libdir.join("libtorpor_spank.so"),
+            tools: libdir.to_path_buf(),
+            ..Self::for_tests()
         }
     }
 }
@@ -274,13 +288,17 @@ impl Cluster {
     /// Plugin arguments a test cluster uses unless told otherwise: images under `<dir>/images/%u`,
     /// `min_interval=5s`, agent and restorer from the release directory.
     pub fn default_plugin_args(dir: &Path) -> Vec<String> {
-        let rel = release_dir();
+        Self::plugin_args(dir, &release_dir())
+    }
+
+    /// The test plugin arguments with the agent and restorer taken from `tools`.
+    pub fn plugin_args(dir: &Path, tools: &Path) -> Vec<String> {
         vec![
             format!("dir={}/images/%u", dir.display()),
             "min_interval=5s".to_owned(),
             "keep=2".to_owned(),
-            format!("agent={}", rel.join("libtorpor_agent.so").display()),
-            format!("restorer={}", rel.join("torpor-restore").display()),
+            format!("agent={}", tools.join("libtorpor_agent.so").display()),
+            format!("restorer={}", tools.join("torpor-restore").display()),
         ]
     }
 
@@ -348,7 +366,7 @@ impl Cluster {
         let plugin_args = opts
             .plugin_args
             .clone()
-            .unwrap_or_else(|| Self::default_plugin_args(&dir));
+            .unwrap_or_else(|| Self::plugin_args(&dir, &opts.tools));
 
         let mut cluster = Self {
             dir,
