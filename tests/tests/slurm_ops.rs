@@ -15,7 +15,8 @@ use serde_json::Value;
 use torpor_tests::cases::{self, Case};
 use torpor_tests::cluster::{release_dir, start_or_skip};
 use torpor_tests::resume::{
-    build_counter, generations, now_ms, program_dirs, reference_output, Checks, Event, Trace,
+    build_counter, generations, latest_manifest, now_ms, program_dirs, reference_output, Checks,
+    Event, Trace,
 };
 use torpor_tests::resume_checks::*;
 use torpor_tests::{ClusterOptions, JobId, Out};
@@ -331,6 +332,53 @@ fn vacate_resumes(ctx: &Ctx) {
     ck.finish(&context(ctx, job, &[&trace]));
 }
 
+/// `torpor checkpoint JOBID` on a process tree (perl running the counter with `system`):
+/// Slurm's signal reaches perl (the tree's root) and the counter (a member) alike; one
+/// request must give exactly one generation holding both (a member passing the job-wide
+/// signal on to the root made it two), and the job ends like an uninterrupted run.
+fn checkpoint_tree(ctx: &Ctx) {
+    let steps = 40;
+    let (cmd, trace) = ctx.command(steps, "checkpoint-tree");
+    let script = format!("#!/bin/bash\n/usr/bin/perl -e 'exit(system(@ARGV) >> 8)' {cmd}\n");
+    let job = ctx.submit(&["--checkpoint=1h"], &script);
+    let dirs = wait_running(ctx, job, &[&trace], 5, 1);
+    let mut ck = Checks::default();
+    ck.check(
+        dirs.len() == 1,
+        format!("one program directory (perl's, the tree's root): {dirs:?}"),
+    );
+    let before = generations(&dirs[0]);
+    let out = torpor_user(ctx, &["checkpoint", &job.to_string(), "--json"]);
+    let v = parse_json(&out, "torpor checkpoint --json of a tree");
+    // A second, forwarded request would start its round right after the first one.
+    std::thread::sleep(Duration::from_millis(2000));
+    let after = generations(&dirs[0]);
+    let prev = v["programs"][0]["previous_generation"]
+        .as_u64()
+        .unwrap_or(0);
+    ck.check(
+        out.ok()
+            && v["programs"][0]["generation"].as_u64() == Some(prev + 1)
+            && after.last().copied() == Some(prev + 1),
+        format!("tree: one request, one generation: {before:?} -> {after:?}, {v}"),
+    );
+    let procs = latest_manifest(&dirs[0]).map(|m| m.processes.len());
+    ck.check(
+        procs == Some(2),
+        format!("the generation holds perl and the counter: {procs:?} processes"),
+    );
+    let fin = wait_end(ctx, job);
+    ck.check(fin == "COMPLETED", format!("job completed: {fin}"));
+    check_output(
+        &mut ck,
+        "job output file",
+        ctx.reference(steps),
+        &ctx.c.read_output(job).unwrap_or_default(),
+    );
+    check_images_removed(&mut ck, &dirs);
+    ck.finish(&context(ctx, job, &[&trace]));
+}
+
 /// Refusals are Slurm's, reported with the command and Slurm's words; a job without
 /// checkpointing is never signalled by `torpor checkpoint`.
 fn refusals(ctx: &Ctx) {
@@ -578,6 +626,7 @@ fn slurm_ops() {
     };
     let all: &[Case<'_, Ctx>] = &[
         ("checkpoint_keeps_running", &checkpoint_keeps_running),
+        ("checkpoint_tree", &checkpoint_tree),
         ("vacate_resumes", &vacate_resumes),
         ("refusals", &refusals),
         ("drain_node", &drain_node),

@@ -187,8 +187,14 @@ fn find_rseq_offset() {
 
 extern "C" fn on_request(_sig: i32, info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    let id = unsafe { (*info).si_value().sival_ptr as usize as i32 };
+    let (id, code) = unsafe {
+        (
+            (*info).si_value().sival_ptr as usize as i32,
+            (*info).si_code,
+        )
+    };
     manager::REQ_ID.store(id, SeqCst);
+    manager::REQ_CODE.store(code, SeqCst);
     manager::REQ.fetch_add(1, SeqCst);
     sys::futex_wake(&manager::REQ, 1);
 }
@@ -408,6 +414,11 @@ fn member_main(cfg: Config, mut seen: u32) {
                     term_since = None;
                     sigwrap::apply_program_sigterm();
                 }
+            }
+            _ if cfg.slurm && manager::REQ_CODE.load(SeqCst) != libc::SI_QUEUE => {
+                // A job-wide request (`scancel --signal`, what `torpor checkpoint JOBID`
+                // sends) reaches every process of the step, the root included: forwarding
+                // it too would give the root a second request and a second generation.
             }
             _ => {
                 // A request meant for the tree: the root takes it.

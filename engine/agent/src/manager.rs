@@ -56,6 +56,9 @@ pub static WRITER_PIDFD: AtomicI32 = AtomicI32::new(-1);
 /// Request counter bumped by the request signal handler, and the id it carried.
 pub static REQ: AtomicU32 = AtomicU32::new(0);
 pub static REQ_ID: AtomicI32 = AtomicI32::new(0);
+/// `si_code` of the newest request: `SI_QUEUE` from `torpor checkpoint --pid` (sigqueue),
+/// `SI_USER` from a plain kill such as `scancel --signal`.
+pub static REQ_CODE: AtomicI32 = AtomicI32::new(0);
 /// Pid of this process when it is a tree's root (its fork children join its tree).
 pub static ROOT_SELF: AtomicI32 = AtomicI32::new(0);
 /// Tid of the manager thread.
