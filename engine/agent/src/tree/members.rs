@@ -1,0 +1,174 @@
+//! Which processes belong to the root's tree: /proc/PID/stat, descendants, whether a process carries the agent, and the pause-safe same-tree check.
+
+use super::*;
+
+/// One process as `/proc/PID/stat` shows it.
+#[derive(Debug, Clone)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub state: u8,
+    /// Wait status of an exited (zombie) process.
+    pub exit_code: i32,
+    pub comm: String,
+}
+
+/// Reads `/proc/PID/stat`.
+pub fn stat(pid: i32) -> Option<ProcInfo> {
+    let s = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let open = s.iter().position(|&b| b == b'(')?;
+    let close = s.iter().rposition(|&b| b == b')')?;
+    let comm = String::from_utf8_lossy(&s[open + 1..close]).into_owned();
+    let rest = std::str::from_utf8(s.get(close + 2..)?).ok()?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] = field 3 (state); field N is f[N - 3].
+    let num = |n: usize| f.get(n - 3).and_then(|v| v.parse::<i64>().ok());
+    Some(ProcInfo {
+        pid,
+        ppid: num(4)? as i32,
+        pgid: num(5)? as i32,
+        sid: num(6)? as i32,
+        state: f.first()?.bytes().next()?,
+        exit_code: num(52).unwrap_or(0) as i32,
+        comm,
+    })
+}
+
+/// Every descendant of `root` (parents before children), except torpor's writers.
+pub fn descendants(root: i32) -> Vec<ProcInfo> {
+    let mut all: Vec<ProcInfo> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+                if let Some(p) = stat(pid) {
+                    all.push(p);
+                }
+            }
+        }
+    }
+    let mut out: Vec<ProcInfo> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        let mut kids: Vec<&ProcInfo> = all
+            .iter()
+            .filter(|c| c.ppid == p && c.pid != p && c.comm != "torpor-writer")
+            .collect();
+        kids.sort_by_key(|c| c.pid);
+        for c in kids {
+            frontier.push(c.pid);
+            out.push(c.clone());
+        }
+    }
+    out
+}
+
+/// Whether `pid` catches signal `sig` (its agent's handler is installed: not between
+/// exec and the agent's constructor, where the request signal would kill it).
+pub fn catches(pid: i32, sig: i32) -> bool {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    t.lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|m| m & (1u64 << (sig - 1)) != 0)
+}
+
+/// Whether `pid` runs a torpor manager thread.
+pub fn has_agent(pid: i32) -> bool {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    rd.flatten()
+        .any(|t| std::fs::read(t.path().join("comm")).is_ok_and(|c| c.starts_with(b"torpor-agent")))
+}
+
+/// State letter of `pid` from /proc with stack buffers only (pause-safe).
+pub fn proc_state(pid: i32) -> Option<u8> {
+    let (ppid, state) = stat_raw(pid)?;
+    let _ = ppid;
+    Some(state)
+}
+
+/// (ppid, state) from /proc/PID/stat with stack buffers only (pause-safe).
+fn stat_raw(pid: i32) -> Option<(i32, u8)> {
+    let mut nb = [0u8; 24];
+    stat_of(sys::itoa(pid as u64, &mut nb))
+}
+
+/// (ppid, state) of the process whose pid is written in `d`, with stack buffers only
+/// (pause-safe and signal-safe).
+pub(crate) fn stat_of(d: &[u8]) -> Option<(i32, u8)> {
+    if d.len() > 20 {
+        return None;
+    }
+    let mut path = [0u8; 40];
+    let mut k = 0;
+    for part in [b"/proc/".as_slice(), d, b"/stat\0".as_slice()] {
+        path[k..k + part.len()].copy_from_slice(part);
+        k += part.len();
+    }
+    let fd = sys_open(&path, libc::O_RDONLY);
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 512];
+    // SAFETY: reads into our stack buffer.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    close(fd);
+    let s = &buf[..n.max(0) as usize];
+    let i = s.windows(2).rposition(|w| w == b") ")?;
+    let state = *s.get(i + 2)?;
+    let mut ppid: i32 = 0;
+    for &c in s.get(i + 4..)? {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        ppid = ppid * 10 + (c - b'0') as i32;
+    }
+    Some((ppid, state))
+}
+
+static SCAN: crate::manager::Cell<[(i32, i32); 4096]> =
+    crate::manager::Cell(std::cell::UnsafeCell::new([(0, 0); 4096]));
+
+/// With the whole tree stopped: whether the descendants of `root` are exactly `known`
+/// (no process was forked, and none exited, since the round began). Pause-safe.
+pub fn same_tree(proc_fd: i32, root: i32, known: &[i32]) -> bool {
+    // SAFETY: used by the root's manager only.
+    let all = unsafe { &mut *SCAN.0.get() };
+    let mut n = 0usize;
+    crate::fds::for_each_num(proc_fd, |pid| {
+        if n < all.len() {
+            if let Some((ppid, state)) = stat_raw(pid) {
+                if state != b'X' {
+                    all[n] = (pid, ppid);
+                    n += 1;
+                }
+            }
+        }
+    });
+    // Walk down from the root, counting descendants and checking each is known.
+    let mut tree = [0i32; MAX_TREE];
+    let mut t = 0usize;
+    let mut i = 0usize;
+    let mut parent = root;
+    loop {
+        for &(pid, ppid) in &all[..n] {
+            if ppid == parent && pid != parent {
+                if t >= MAX_TREE || !known.contains(&pid) {
+                    // A writer of the root itself does not exist yet; anything else is new.
+                    return false;
+                }
+                tree[t] = pid;
+                t += 1;
+            }
+        }
+        if i >= t {
+            break;
+        }
+        parent = tree[i];
+        i += 1;
+    }
+    t == known.len()
+}

@@ -1,0 +1,90 @@
+//! Process trees (ADR 0006): which processes belong to the root's tree, the round file
+//! that tells members where to write, the marker-file barriers of one tree round, the
+//! pause-time copy of data buffered in pipes, and the checks that refuse what a tree
+//! restore cannot bring back.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
+use std::sync::OnceLock;
+
+use torpor_engine::records::FdSnap;
+use torpor_image::meta::FdKind;
+use torpor_image::store::{Manifest, ManifestProcess, SharedMemory};
+use torpor_image::ImageReader;
+
+use crate::manager::{close, sys_open, Config};
+use crate::sys;
+
+mod barrier;
+mod channels;
+mod members;
+mod round;
+mod shm;
+
+pub use barrier::*;
+pub use channels::*;
+pub use members::*;
+pub use round::*;
+pub use shm::*;
+
+/// `<root pid>:<root image dir>`, exported by the root for its descendants.
+pub const TREE_VAR: &str = "TORPOR_TREE";
+/// Name of the round file in the root's image directory.
+const ROUND_FILE: &str = ".tree-round";
+/// Where a member that failed its part leaves the reason for the root.
+const FAILED_FILE: &str = ".tree-failed";
+
+/// The reason a member gave for abandoning the round, if it left one (waits briefly:
+/// the member writes it while the root is already resuming).
+pub fn member_failure(dir: &Path) -> Option<String> {
+    let p = dir.join(FAILED_FILE);
+    for _ in 0..20 {
+        if let Ok(m) = std::fs::read_to_string(&p) {
+            let _ = std::fs::remove_file(&p);
+            return Some(m);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
+}
+/// How long a process waits at a barrier.
+const BARRIER_TIMEOUT_NS: u64 = 20_000_000_000;
+/// Most processes in one tree.
+pub const MAX_TREE: usize = 256;
+
+const CHANGED: &str = "the process tree changed during the checkpoint (a process was created or exited); the next checkpoint retries";
+const EXITED: &str = "a process of the tree exited during the checkpoint";
+/// A member gave up (its reason follows, from [`member_failure`]).
+pub const ABANDONED: &str = "the checkpoint of the process tree was abandoned";
+const NO_AGENT: &str = "has no torpor agent";
+
+/// Failures that a new round a moment later may not meet (processes come and go).
+pub fn transient(msg: &str) -> bool {
+    msg == CHANGED || msg == EXITED || msg.contains(NO_AGENT)
+}
+
+/// Pid of the tree's root (0: not part of a tree yet).
+pub static ROOT_PID: AtomicI32 = AtomicI32::new(0);
+/// This process is a member (not the root) of a tree.
+pub static MEMBER: AtomicBool = AtomicBool::new(false);
+/// The root's image directory.
+pub static ROOT_DIR: OnceLock<PathBuf> = OnceLock::new();
+/// This process's configuration, for the manager of a fork child.
+pub static CFG: OnceLock<Config> = OnceLock::new();
+
+/// Parses `TORPOR_TREE`.
+pub fn parse_var(v: &str) -> Option<(i32, PathBuf)> {
+    let (pid, dir) = v.split_once(':')?;
+    let pid: i32 = pid.trim().parse().ok()?;
+    (pid > 0 && !dir.is_empty()).then(|| (pid, PathBuf::from(dir)))
+}
+
+/// The value the root exports.
+pub fn var_value(root: i32, dir: &Path) -> std::ffi::OsString {
+    let mut v = std::ffi::OsString::from(format!("{root}:"));
+    v.push(dir.as_os_str());
+    v
+}

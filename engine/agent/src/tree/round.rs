@@ -1,0 +1,397 @@
+//! One tree round: the root's and a member's side of the protocol, and the final check of the written images.
+
+use super::*;
+
+/// After every writer of the tree finished: each pipe above fd 2 must have a reader
+/// and a writer inside the tree (a pipe to the outside cannot be reconnected).
+pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), String> {
+    let mut ends: HashMap<u64, (bool, bool)> = HashMap::new();
+    let mut pipes: Vec<(i32, i32, u64)> = Vec::new();
+    let mut socks: Vec<(i32, i32, u64, u64)> = Vec::new();
+    for (pid, img) in images {
+        let r = ImageReader::open(img).map_err(|e| format!("{}: {e}", img.display()))?;
+        for g in shm {
+            for &(p, start) in g.members.iter().filter(|m| m.0 == *pid) {
+                let ok = r.meta().regions.iter().any(|reg| {
+                    reg.start == start
+                        && reg.end - reg.start == g.len
+                        && reg.kind == torpor_image::meta::RegionKind::SharedAnon
+                });
+                if !ok {
+                    let _ = p;
+                    return Err(CHANGED.to_string());
+                }
+            }
+        }
+        for f in &r.meta().fds {
+            if f.kind == FdKind::UnixStream {
+                socks.push((*pid, f.fd, f.pipe_ino, f.peer_ino));
+                continue;
+            }
+            if f.kind != FdKind::Pipe {
+                continue;
+            }
+            let acc = f.flags as i32 & libc::O_ACCMODE;
+            let e = ends.entry(f.pipe_ino).or_default();
+            e.0 |= acc != libc::O_WRONLY;
+            // A read end of a pipe without writers stands for the (closed) write end.
+            e.1 |= acc != libc::O_RDONLY || f.pipe_no_writers;
+            pipes.push((*pid, f.fd, f.pipe_ino));
+        }
+    }
+    for &(pid, fd, ino, peer) in &socks {
+        if fd > 2 && !socks.iter().any(|s| s.2 == peer) {
+            return Err(format!(
+                "process {pid} fd {fd} is a socket (socket:[{ino}]) whose peer is outside the checkpointed process tree; such sockets are not supported"
+            ));
+        }
+    }
+    for (pid, fd, ino) in pipes {
+        if fd > 2 && ends.get(&ino) != Some(&(true, true)) {
+            return Err(format!(
+                "process {pid} fd {fd} is a pipe (pipe:[{ino}]) whose other end is outside the checkpointed process tree; such pipes are not supported"
+            ));
+        }
+    }
+    Ok(())
+}
+
+static ROUND_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn generation_of(tmp: &Path) -> u64 {
+    // .tmp-gen-000007-<pid>
+    tmp.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(".tmp-gen-"))
+        .and_then(|n| n.split('-').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The root's side of a tree round.
+pub struct RootRound {
+    pub marks: Marks,
+    pub pipes_fd: i32,
+    pub proc_fd: i32,
+    dir: PathBuf,
+    me: ProcInfo,
+    /// Live members, parents before children.
+    live: Vec<ProcInfo>,
+    zombies: Vec<ProcInfo>,
+    shm: Vec<ShmGroup>,
+    copies: Vec<ShmCopy>,
+    known: Vec<i32>,
+    pids: Vec<i32>,
+    stopped: Vec<CString>,
+    forked: Vec<CString>,
+    done: Vec<CString>,
+    failed: Vec<CString>,
+    go: CString,
+    release: CString,
+    abort: CString,
+}
+
+fn fixed(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+impl RootRound {
+    /// Lists the tree, refuses what cannot be restored, publishes the round and asks
+    /// every member to join it. `None` when the process has no descendants.
+    pub fn prepare(
+        cfg: &Config,
+        pending: &torpor_image::store::Pending,
+    ) -> Result<Option<RootRound>, String> {
+        let me = sys::getpid();
+        let desc = descendants(me);
+        if desc.is_empty() {
+            return Ok(None);
+        }
+        if desc.len() >= MAX_TREE {
+            return Err(format!("more than {} processes in the tree", MAX_TREE - 1));
+        }
+        let (zombies, live): (Vec<ProcInfo>, Vec<ProcInfo>) =
+            desc.into_iter().partition(|p| p.state == b'Z');
+        for p in &live {
+            if !has_agent(p.pid) {
+                return Err(format!(
+                    "process {} ({}) in the tree {NO_AGENT} (statically linked, LD_PRELOAD removed, or in the middle of exec); the process tree cannot be checkpointed",
+                    p.pid, p.comm
+                ));
+            }
+        }
+        let mut all: Vec<i32> = vec![me];
+        all.extend(live.iter().map(|p| p.pid));
+        let shm = shared_memory_groups(&all)?;
+        if let Some(why) = shared_file_conflict(&all) {
+            return Err(why);
+        }
+        let me_info = stat(me).ok_or("cannot read /proc/self/stat")?;
+        let (marks, pipes_fd) =
+            open_dirs(pending.path()).ok_or("cannot open the pending generation directory")?;
+        let proc_fd = sys_open(b"/proc\0", libc::O_RDONLY | libc::O_DIRECTORY);
+        let id = 0x5452_0000 | (ROUND_SEQ.fetch_add(1, SeqCst) & 0xffff) as i32;
+        let round = RootRound {
+            marks,
+            pipes_fd,
+            proc_fd,
+            dir: cfg.dir.clone(),
+            me: me_info,
+            known: live.iter().chain(&zombies).map(|p| p.pid).collect(),
+            pids: live.iter().map(|p| p.pid).collect(),
+            stopped: live.iter().map(|p| mark_name("stopped", p.pid)).collect(),
+            forked: live.iter().map(|p| mark_name("forked", p.pid)).collect(),
+            done: live.iter().map(|p| mark_name("done", p.pid)).collect(),
+            failed: live.iter().map(|p| mark_name("failed", p.pid)).collect(),
+            go: fixed(".go"),
+            release: fixed(".release"),
+            abort: fixed(".abort"),
+            live,
+            zombies,
+            shm,
+            copies: Vec::new(),
+        };
+        if proc_fd < 0 {
+            round.close();
+            return Err("cannot open /proc".into());
+        }
+        if !round.shm.is_empty() {
+            let _ = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(pending.path().join("shm"));
+        }
+        let _ = std::fs::remove_file(cfg.dir.join(FAILED_FILE));
+        if let Err(e) = write_round(&cfg.dir, id, pending.path(), &round.shm) {
+            round.close();
+            return Err(format!("writing the tree round file: {e}"));
+        }
+        let mut round = round;
+        round.copies = my_copies(&cfg.dir, pending.path());
+        for &p in &round.pids {
+            if !catches(p, cfg.request_sig) || !has_agent(p) {
+                round.abort();
+                round.close();
+                return Err(format!(
+                    "process {p} in the tree {NO_AGENT} right now (in the middle of exec?)"
+                ));
+            }
+            let val = libc::sigval {
+                sival_ptr: id as usize as *mut libc::c_void,
+            };
+            // SAFETY: sigqueue to a member of our tree with a plain value.
+            if unsafe { libc::sigqueue(p, cfg.request_sig, val) } != 0 {
+                round.abort();
+                round.close();
+                return Err(format!("cannot signal process {p} of the tree"));
+            }
+        }
+        Ok(Some(round))
+    }
+
+    pub fn after_stop(&mut self) -> Result<(), &'static str> {
+        self.marks
+            .wait_all(&self.stopped, &self.pids, &self.abort)?;
+        if !same_tree(self.proc_fd, self.me.pid, &self.known) {
+            return Err(CHANGED);
+        }
+        self.marks.touch(&self.go);
+        copy_shared(&self.copies)
+    }
+
+    pub fn after_fork(&mut self) -> Result<(), &'static str> {
+        self.marks.wait_all(&self.forked, &self.pids, &self.abort)?;
+        self.marks.touch(&self.release);
+        Ok(())
+    }
+
+    pub fn abort(&self) {
+        self.marks.touch(&self.abort);
+    }
+
+    /// After this process's writer succeeded: waits for every member's writer, checks
+    /// the tree's pipes and commits one manifest for the whole tree.
+    pub fn commit(&mut self, pending: &torpor_image::store::Pending) -> Result<(), String> {
+        let t0 = sys::now_ns();
+        loop {
+            let mut waiting = false;
+            for (i, p) in self.live.iter().enumerate() {
+                if self.marks.has(&self.done[i]) {
+                    continue;
+                }
+                if self.marks.has(&self.failed[i]) {
+                    let msg = std::fs::read_to_string(
+                        pending
+                            .path()
+                            .join(self.failed[i].to_string_lossy().as_ref()),
+                    )
+                    .unwrap_or_default();
+                    return Err(format!("process {} ({}): {}", p.pid, p.comm, msg.trim()));
+                }
+                // SAFETY: kill with signal 0 only checks existence.
+                if unsafe { libc::kill(p.pid, 0) } != 0 {
+                    return Err(format!("process {} exited while being written", p.pid));
+                }
+                waiting = true;
+            }
+            if !waiting {
+                break;
+            }
+            if sys::now_ns() - t0 > 600_000_000_000 {
+                return Err("a process of the tree was not written within 10 minutes".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let me = self.me.pid;
+        let mut images = vec![(me, pending.path().join(format!("proc-{me}.img")))];
+        for p in &self.live {
+            images.push((
+                p.pid,
+                pending
+                    .path()
+                    .join(format!("p{}/proc-{}.img", p.pid, p.pid)),
+            ));
+        }
+        check_images(&images, &self.shm)?;
+        if let Ok(rd) = std::fs::read_dir(pending.path()) {
+            for e in rd.flatten() {
+                if e.file_name().as_bytes().starts_with(b".") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let entry = |p: &ProcInfo, image: String, zombie: Option<i32>| ManifestProcess {
+            pid: p.pid,
+            image,
+            ppid: p.ppid,
+            pgid: p.pgid,
+            sid: p.sid,
+            zombie,
+        };
+        let mut processes = vec![entry(&self.me, format!("proc-{me}.img"), None)];
+        for p in &self.live {
+            processes.push(entry(p, format!("p{}/proc-{}.img", p.pid, p.pid), None));
+        }
+        for z in &self.zombies {
+            processes.push(entry(z, String::new(), Some(z.exit_code)));
+        }
+        let bytes = images
+            .iter()
+            .filter_map(|(_, i)| std::fs::metadata(i).ok())
+            .map(|m| m.len())
+            .sum();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        pending
+            .commit(Manifest {
+                generation: 0,
+                attempt: pending.attempt(),
+                time_unix: sys::unix_time(),
+                hostname: host.trim().to_string(),
+                processes,
+                bytes,
+                shared: self
+                    .shm
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| SharedMemory {
+                        file: format!("shm/{i}"),
+                        offset: g.offset,
+                        len: g.len,
+                        members: g.members.clone(),
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn close(&self) {
+        let _ = std::fs::remove_file(self.dir.join(FAILED_FILE));
+        close(self.marks.dir);
+        close(self.pipes_fd);
+        close(self.proc_fd);
+        let _ = std::fs::remove_file(self.dir.join(ROUND_FILE));
+    }
+}
+
+/// A member's side of a tree round.
+pub struct MemberRound {
+    pub marks: Marks,
+    pub pipes_fd: i32,
+    tmp: PathBuf,
+    dir: PathBuf,
+    root: [i32; 1],
+    stopped: CString,
+    forked: CString,
+    go: [CString; 1],
+    release: [CString; 1],
+    abort: CString,
+    copies: Vec<ShmCopy>,
+}
+
+impl MemberRound {
+    /// Joins round `id`: a sub-directory `p<pid>/` of the pending generation `tmp`.
+    pub fn prepare(
+        id: i32,
+        dir: &Path,
+        tmp: &Path,
+        attempt: u32,
+    ) -> Result<(MemberRound, torpor_image::store::Pending), String> {
+        let _ = id;
+        let me = sys::getpid();
+        let sub = tmp.join(format!("p{me}"));
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&sub)
+            .map_err(|e| format!("{}: {e}", sub.display()))?;
+        let (marks, pipes_fd) =
+            open_dirs(tmp).ok_or("cannot open the pending generation directory")?;
+        let pending = torpor_image::store::Pending::for_member(sub, generation_of(tmp), attempt);
+        Ok((
+            MemberRound {
+                marks,
+                pipes_fd,
+                tmp: tmp.to_path_buf(),
+                dir: dir.to_path_buf(),
+                root: [ROOT_PID.load(SeqCst)],
+                stopped: mark_name("stopped", me),
+                forked: mark_name("forked", me),
+                go: [fixed(".go")],
+                release: [fixed(".release")],
+                abort: fixed(".abort"),
+                copies: my_copies(dir, tmp),
+            },
+            pending,
+        ))
+    }
+
+    pub fn after_stop(&mut self) -> Result<(), &'static str> {
+        self.marks.touch(&self.stopped);
+        self.marks.wait_all(&self.go, &self.root, &self.abort)?;
+        copy_shared(&self.copies)
+    }
+
+    pub fn after_fork(&mut self) -> Result<(), &'static str> {
+        self.marks.touch(&self.forked);
+        self.marks.wait_all(&self.release, &self.root, &self.abort)
+    }
+
+    pub fn abort(&self) {
+        self.marks.touch(&self.abort);
+    }
+
+    /// Tells the root how this process's part ended.
+    pub fn finish(&mut self, out: &crate::manager::Outcome) {
+        let me = sys::getpid();
+        match out {
+            crate::manager::Outcome::Failed(e) => {
+                let _ = std::fs::write(self.tmp.join(format!(".failed-{me}")), e);
+                let _ = std::fs::write(self.dir.join(FAILED_FILE), format!("process {me}: {e}"));
+                self.abort();
+            }
+            _ => {
+                self.marks.touch(&mark_name("done", me));
+            }
+        }
+        close(self.marks.dir);
+        close(self.pipes_fd);
+    }
+}
