@@ -105,6 +105,9 @@ struct ChildArgs {
     /// Commit the generation in the writer (single process); a tree's root commits
     /// after every process of the tree has been written.
     commit: bool,
+    /// Tree rounds: pipe (read, write) the writer waits on until the tree is released
+    /// (EOF), so that writers do not compete for the CPUs with the paused tree.
+    gate: [i32; 2],
 }
 static CHILD_ARGS: AtomicPtr<ChildArgs> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -252,6 +255,17 @@ fn child_main() -> ! {
         unsafe { std::ptr::copy_nonoverlapping(ws as *const u8, a.patch, (we - ws) as usize) };
     }
     alloc::enter_child_mode();
+    if a.gate[0] >= 0 {
+        let mut b = [0u8; 1];
+        // SAFETY: our copies of the gate pipe: drop the write end, wait for EOF.
+        unsafe {
+            libc::close(a.gate[1]);
+            while libc::read(a.gate[0], b.as_mut_ptr() as *mut libc::c_void, 1) < 0
+                && sys::errno() == libc::EINTR
+            {}
+            libc::close(a.gate[0]);
+        }
+    }
     // SAFETY: PR_SET_NAME with a NUL-terminated name.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"torpor-writer".as_ptr()) };
     let code = match child_write(a, ws, we) {
@@ -452,6 +466,15 @@ impl Role<'_> {
         self.extra_fds()[1]
     }
 
+    /// Before the pause: wait until every process of the tree is ready to stop.
+    fn before_pause(&mut self) -> Result<(), &'static str> {
+        match self {
+            Role::Single => Ok(()),
+            Role::Root(r) => r.before_pause(),
+            Role::Member(m) => m.before_pause(),
+        }
+    }
+
     /// With this process stopped: wait until the whole tree is.
     fn after_stop(&mut self) -> Result<(), &'static str> {
         match self {
@@ -497,6 +520,11 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
     let mut pipe = [-1i32; 2];
     // SAFETY: pipe2 writes two fds into the array.
     unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
+    let mut gate = [-1i32; 2];
+    if !matches!(role, Role::Single) {
+        // SAFETY: pipe2 writes two fds into the array.
+        unsafe { libc::pipe2(gate.as_mut_ptr(), libc::O_CLOEXEC) };
+    }
     let (ws, we) = (WSEG_START.load(SeqCst), WSEG_END.load(SeqCst));
     let mut patch = vec![0u8; (we - ws) as usize];
     let mut timers = scan_timers();
@@ -523,13 +551,14 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         err_fd: pipe[1],
         capture_limit: cfg.capture_limit,
         commit: matches!(role, Role::Single),
+        gate,
     };
     let [extra0, extra1, extra2] = role.extra_fds();
     let agent_fds = [
-        files_fd, task_fd, fd_dir, pipe[0], pipe[1], extra0, extra1, extra2,
+        files_fd, task_fd, fd_dir, pipe[0], pipe[1], gate[0], gate[1], extra0, extra1, extra2,
     ];
     let cleanup = |pending: Pending| {
-        for fd in &agent_fds[..5] {
+        for fd in &agent_fds[..7] {
             close(*fd);
         }
         pending.abort();
@@ -539,8 +568,17 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         return Outcome::Failed("cannot open /proc/self or the generation directory".into());
     }
 
+    if let Err(why) = role.before_pause() {
+        role.abort();
+        cleanup(pending);
+        return Outcome::Failed(why.into());
+    }
+
     // ---- pause ----
     let t0 = sys::now_ns();
+    if let Role::Root(r) = &mut role {
+        r.pause_begins();
+    }
     PARKED.store(0, SeqCst);
     RESUMED.store(0, SeqCst);
     SLOT.store(0, SeqCst);
@@ -646,6 +684,8 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
     let pause_ns = sys::now_ns() - t0;
     WRITER_PIDFD.store(pidfd, SeqCst);
     // ---- running again ----
+    close(gate[0]);
+    close(gate[1]); // the writer starts
     close(pipe[1]);
     let result = if pid < 0 {
         Err(format!("fork of the writer failed: errno {}", sys::errno()))

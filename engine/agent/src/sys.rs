@@ -69,6 +69,30 @@ pub fn futex_wake(w: &AtomicU32, n: i32) {
     };
 }
 
+/// [`futex_wait`] on a word in memory shared between processes (no private flag).
+pub fn futex_wait_shared(w: &AtomicU32, val: u32, timeout_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (timeout_ns / 1_000_000_000) as i64,
+        tv_nsec: (timeout_ns % 1_000_000_000) as i64,
+    };
+    // SAFETY: `w` is a valid, aligned 32-bit word for the duration of the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            w.as_ptr(),
+            libc::FUTEX_WAIT,
+            val,
+            &ts as *const libc::timespec,
+        )
+    };
+}
+
+/// [`futex_wake`] of every waiter on a word shared between processes.
+pub fn futex_wake_shared(w: &AtomicU32) {
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_futex, w.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+}
+
 /// Monotonic time in nanoseconds.
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -1,4 +1,5 @@
-//! The round file and the marker-file barriers of one tree round.
+//! The round file, the futex barriers of one tree round (a shared page in the pending
+//! generation), and the marker files that report each writer's end.
 
 use super::*;
 
@@ -67,51 +68,180 @@ impl Marks {
         // SAFETY: faccessat with a NUL-terminated name.
         unsafe { libc::faccessat(self.dir, name.as_ptr(), libc::F_OK, 0) == 0 }
     }
+}
 
-    /// Waits until every `names[i]` exists. Fails when `abort` appears, when the
-    /// process `pids[i]` of a missing name is gone, or after the timeout.
-    pub fn wait_all(
+/// Name of the barrier page in the pending generation directory.
+const BARRIER_FILE: &str = ".barrier";
+
+/// Phases the root publishes in [`Shared::phase`].
+pub const PH_STOP: u32 = 1;
+pub const PH_GO: u32 = 2;
+pub const PH_RELEASE: u32 = 3;
+
+/// The words of one round's barrier page.
+#[repr(C)]
+pub struct Shared {
+    /// What the root allows: 0 (prepare), [`PH_STOP`], [`PH_GO`], [`PH_RELEASE`].
+    pub phase: AtomicU32,
+    /// Set by any process that abandons the round.
+    pub abort: AtomicU32,
+    /// Members ready to stop (before the pause).
+    pub ready: AtomicU32,
+    /// Members stopped with their fds snapshotted.
+    pub stopped: AtomicU32,
+    /// Members whose writer is forked.
+    pub forked: AtomicU32,
+}
+
+/// The barriers of one tree round: a page of the file `<pending>/.barrier` mapped
+/// `MAP_SHARED` by every process of the tree, with futexes on its words. The mapping is
+/// `MADV_DONTFORK`: neither the writers nor the program's fork children inherit it, so
+/// it never appears in an image. Waits time out (a process that died or stopped
+/// answering fails the round, never hangs it). Pause-safe after [`Barrier::create`] /
+/// [`Barrier::open`]: atomics and raw system calls only.
+pub struct Barrier {
+    page: *const Shared,
+}
+
+impl Barrier {
+    fn map(tmp: &Path, create: bool) -> Option<Barrier> {
+        let c = CString::new(tmp.join(BARRIER_FILE).as_os_str().as_bytes()).ok()?;
+        let flags = if create {
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW
+        } else {
+            libc::O_RDWR | libc::O_NOFOLLOW
+        };
+        // SAFETY: open with a NUL-terminated path and a mode for a new file.
+        let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o600) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: ftruncate of the file we just created (zero-filled page).
+        if create && unsafe { libc::ftruncate(fd, 4096) } != 0 {
+            close(fd);
+            return None;
+        }
+        // SAFETY: a fresh shared mapping of one page of our file.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        close(fd);
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: our own mapping; keeps it out of every fork child (writers included).
+        unsafe { libc::madvise(p, 4096, libc::MADV_DONTFORK) };
+        Some(Barrier {
+            page: p as *const Shared,
+        })
+    }
+
+    /// The root: creates the page (zeroed) in the pending directory.
+    pub fn create(tmp: &Path) -> Option<Barrier> {
+        Barrier::map(tmp, true)
+    }
+
+    /// A member: maps the root's page.
+    pub fn open(tmp: &Path) -> Option<Barrier> {
+        Barrier::map(tmp, false)
+    }
+
+    pub fn words(&self) -> &Shared {
+        // SAFETY: the page stays mapped until `unmap`, which consumes the barrier.
+        unsafe { &*self.page }
+    }
+
+    /// Publishes `phase` and wakes every waiter.
+    pub fn set_phase(&self, phase: u32) {
+        let w = self.words();
+        w.phase.store(phase, SeqCst);
+        sys::futex_wake_shared(&w.phase);
+    }
+
+    /// Counts this process in `counter` and wakes the root.
+    pub fn arrive(&self, counter: &AtomicU32) {
+        counter.fetch_add(1, SeqCst);
+        sys::futex_wake_shared(counter);
+    }
+
+    /// Abandons the round: every waiter wakes and fails.
+    pub fn abort(&self) {
+        let w = self.words();
+        w.abort.store(1, SeqCst);
+        for x in [&w.phase, &w.ready, &w.stopped, &w.forked] {
+            sys::futex_wake_shared(x);
+        }
+    }
+
+    /// Waits until `word >= want`. Fails when the round is abandoned, when one of the
+    /// processes `watch` is gone, when `failed_file` (NUL-terminated, may be empty)
+    /// appears, or after the timeout.
+    pub fn wait(
         &self,
-        names: &[CString],
-        pids: &[i32],
-        abort: &CString,
+        word: &AtomicU32,
+        want: u32,
+        watch: &[i32],
+        failed_file: &[u8],
     ) -> Result<(), &'static str> {
         let t0 = sys::now_ns();
-        let mut step = 20_000i64;
+        let abort = &self.words().abort;
         loop {
-            let mut missing = false;
-            for (i, n) in names.iter().enumerate() {
-                if self.has(n) {
-                    continue;
-                }
-                missing = true;
-                if let Some(&p) = pids.get(i) {
-                    // SAFETY: kill with signal 0 only checks existence.
-                    if unsafe { libc::kill(p, 0) } != 0 || proc_state(p) == Some(b'Z') {
-                        return Err(EXITED);
-                    }
-                }
-                break;
-            }
-            if !missing {
-                return Ok(());
-            }
-            if self.has(abort) {
+            if abort.load(SeqCst) != 0 {
                 return Err(ABANDONED);
+            }
+            let v = word.load(SeqCst);
+            if v >= want {
+                return Ok(());
             }
             if sys::now_ns() - t0 > BARRIER_TIMEOUT_NS {
                 return Err("a process of the tree did not answer within 20 s");
             }
-            let ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: step,
-            };
-            // SAFETY: nanosleep with a valid timespec.
-            unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
-            step = (step * 2).min(1_000_000);
+            sys::futex_wait_shared(word, v, SLICE_NS);
+            if word.load(SeqCst) != v || abort.load(SeqCst) != 0 {
+                continue;
+            }
+            // Nothing moved for a while: is everybody still there?
+            for &p in watch {
+                // SAFETY: kill with signal 0 only checks existence.
+                if unsafe { libc::kill(p, 0) } != 0 || proc_state(p) == Some(b'Z') {
+                    return Err(EXITED);
+                }
+            }
+            if failed_file.len() > 1 && exists(failed_file) {
+                return Err(ABANDONED);
+            }
         }
     }
+
+    /// Unmaps the page (not in a restored process: the page was never in the image).
+    pub fn unmap(self) {
+        // SAFETY: our own mapping, not used after this.
+        unsafe { libc::munmap(self.page as *mut libc::c_void, 4096) };
+    }
 }
+
+/// Whether the NUL-terminated `path` exists (pause-safe).
+fn exists(path: &[u8]) -> bool {
+    // SAFETY: faccessat with a NUL-terminated path.
+    unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            path.as_ptr() as *const libc::c_char,
+            libc::F_OK,
+            0,
+        ) == 0
+    }
+}
+
+/// How long a barrier waits before it checks that the processes it waits for live.
+const SLICE_NS: u64 = 10_000_000;
 
 /// The pending directory of a tree round, opened for markers and pipe data.
 pub fn open_dirs(tmp: &Path) -> Option<(Marks, i32)> {

@@ -129,46 +129,47 @@ pub(crate) fn stat_of(d: &[u8]) -> Option<(i32, u8)> {
     Some((ppid, state))
 }
 
-static SCAN: crate::manager::Cell<[(i32, i32); 4096]> =
-    crate::manager::Cell(std::cell::UnsafeCell::new([(0, 0); 4096]));
+/// Every pid in /proc now, sorted: the processes that cannot be new at
+/// [`same_tree`] time.
+pub fn all_pids() -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
 
-/// With the whole tree stopped: whether the descendants of `root` are exactly `known`
-/// (no process was forked, and none exited, since the round began). Pause-safe.
-pub fn same_tree(proc_fd: i32, root: i32, known: &[i32]) -> bool {
-    // SAFETY: used by the root's manager only.
-    let all = unsafe { &mut *SCAN.0.get() };
-    let mut n = 0usize;
+/// With the whole tree stopped: whether the descendants of `root` are still exactly
+/// `known` (no process was forked, and none exited, since the round began). Only pids
+/// that did not exist when the round began (`before`, sorted, listed before `known`)
+/// are read from /proc, so the cost does not grow with the node's process count: a new
+/// process whose parent is the root or a known process is a change, and so is a known
+/// process that is gone. Pause-safe.
+pub fn same_tree(proc_fd: i32, root: i32, known: &[i32], before: &[i32]) -> bool {
+    let mut found = 0usize;
+    let mut new_child = false;
     crate::fds::for_each_num(proc_fd, |pid| {
-        if n < all.len() {
-            if let Some((ppid, state)) = stat_raw(pid) {
-                if state != b'X' {
-                    all[n] = (pid, ppid);
-                    n += 1;
-                }
+        if new_child {
+            return;
+        }
+        if known.contains(&pid) {
+            if stat_raw(pid).is_some_and(|(_, state)| state != b'X') {
+                found += 1;
+            }
+            return;
+        }
+        if pid == root || before.binary_search(&pid).is_ok() {
+            return;
+        }
+        if let Some((ppid, state)) = stat_raw(pid) {
+            if state != b'X' && (ppid == root || known.contains(&ppid)) {
+                new_child = true;
             }
         }
     });
-    // Walk down from the root, counting descendants and checking each is known.
-    let mut tree = [0i32; MAX_TREE];
-    let mut t = 0usize;
-    let mut i = 0usize;
-    let mut parent = root;
-    loop {
-        for &(pid, ppid) in &all[..n] {
-            if ppid == parent && pid != parent {
-                if t >= MAX_TREE || !known.contains(&pid) {
-                    // A writer of the root itself does not exist yet; anything else is new.
-                    return false;
-                }
-                tree[t] = pid;
-                t += 1;
-            }
-        }
-        if i >= t {
-            break;
-        }
-        parent = tree[i];
-        i += 1;
-    }
-    t == known.len()
+    !new_child && found == known.len()
 }

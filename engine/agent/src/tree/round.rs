@@ -81,18 +81,15 @@ pub struct RootRound {
     shm: Vec<ShmGroup>,
     copies: Vec<ShmCopy>,
     known: Vec<i32>,
+    /// Every pid that existed before the tree was listed (sorted).
+    before: Vec<i32>,
     pids: Vec<i32>,
-    stopped: Vec<CString>,
-    forked: Vec<CString>,
     done: Vec<CString>,
     failed: Vec<CString>,
-    go: CString,
-    release: CString,
-    abort: CString,
-}
-
-fn fixed(s: &str) -> CString {
-    CString::new(s).unwrap_or_default()
+    bar: Option<Barrier>,
+    /// `<dir>/.tree-failed`, NUL-terminated: a member that failed before it could
+    /// reach the barrier page leaves its reason there.
+    failed_file: Vec<u8>,
 }
 
 impl RootRound {
@@ -103,6 +100,7 @@ impl RootRound {
         pending: &torpor_image::store::Pending,
     ) -> Result<Option<RootRound>, String> {
         let me = sys::getpid();
+        let before = all_pids();
         let desc = descendants(me);
         if desc.is_empty() {
             return Ok(None);
@@ -131,29 +129,29 @@ impl RootRound {
             open_dirs(pending.path()).ok_or("cannot open the pending generation directory")?;
         let proc_fd = sys_open(b"/proc\0", libc::O_RDONLY | libc::O_DIRECTORY);
         let id = 0x5452_0000 | (ROUND_SEQ.fetch_add(1, SeqCst) & 0xffff) as i32;
-        let round = RootRound {
+        let mut round = RootRound {
             marks,
             pipes_fd,
             proc_fd,
             dir: cfg.dir.clone(),
             me: me_info,
             known: live.iter().chain(&zombies).map(|p| p.pid).collect(),
+            before,
             pids: live.iter().map(|p| p.pid).collect(),
-            stopped: live.iter().map(|p| mark_name("stopped", p.pid)).collect(),
-            forked: live.iter().map(|p| mark_name("forked", p.pid)).collect(),
             done: live.iter().map(|p| mark_name("done", p.pid)).collect(),
             failed: live.iter().map(|p| mark_name("failed", p.pid)).collect(),
-            go: fixed(".go"),
-            release: fixed(".release"),
-            abort: fixed(".abort"),
+            bar: Barrier::create(pending.path()),
+            failed_file: CString::new(cfg.dir.join(FAILED_FILE).as_os_str().as_bytes())
+                .map(|c| c.into_bytes_with_nul())
+                .unwrap_or_default(),
             live,
             zombies,
             shm,
             copies: Vec::new(),
         };
-        if proc_fd < 0 {
+        if proc_fd < 0 || round.bar.is_none() {
             round.close();
-            return Err("cannot open /proc".into());
+            return Err("cannot open /proc or create the tree barrier page".into());
         }
         if !round.shm.is_empty() {
             let _ = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
@@ -164,7 +162,6 @@ impl RootRound {
             round.close();
             return Err(format!("writing the tree round file: {e}"));
         }
-        let mut round = round;
         round.copies = my_copies(&cfg.dir, pending.path());
         for &p in &round.pids {
             if !catches(p, cfg.request_sig) || !has_agent(p) {
@@ -187,24 +184,55 @@ impl RootRound {
         Ok(Some(round))
     }
 
+    /// Waits for `word` of the barrier page to reach the number of members.
+    fn wait_members(&self, word: impl Fn(&Shared) -> &AtomicU32) -> Result<(), &'static str> {
+        let Some(bar) = &self.bar else {
+            return Err(ABANDONED);
+        };
+        bar.wait(
+            word(bar.words()),
+            self.pids.len() as u32,
+            &self.pids,
+            &self.failed_file,
+        )
+    }
+
+    /// Before the pause: waits until every member is ready to stop (their preparation
+    /// is not part of the pause).
+    pub fn before_pause(&mut self) -> Result<(), &'static str> {
+        self.wait_members(|w| &w.ready)
+    }
+
+    /// The pause began: every member stops now.
+    pub fn pause_begins(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.set_phase(PH_STOP);
+        }
+    }
+
     pub fn after_stop(&mut self) -> Result<(), &'static str> {
-        self.marks
-            .wait_all(&self.stopped, &self.pids, &self.abort)?;
-        if !same_tree(self.proc_fd, self.me.pid, &self.known) {
+        self.wait_members(|w| &w.stopped)?;
+        if !same_tree(self.proc_fd, self.me.pid, &self.known, &self.before) {
             return Err(CHANGED);
         }
-        self.marks.touch(&self.go);
+        if let Some(bar) = &self.bar {
+            bar.set_phase(PH_GO);
+        }
         copy_shared(&self.copies)
     }
 
     pub fn after_fork(&mut self) -> Result<(), &'static str> {
-        self.marks.wait_all(&self.forked, &self.pids, &self.abort)?;
-        self.marks.touch(&self.release);
+        self.wait_members(|w| &w.forked)?;
+        if let Some(bar) = &self.bar {
+            bar.set_phase(PH_RELEASE);
+        }
         Ok(())
     }
 
     pub fn abort(&self) {
-        self.marks.touch(&self.abort);
+        if let Some(bar) = &self.bar {
+            bar.abort();
+        }
     }
 
     /// After this process's writer succeeded: waits for every member's writer, checks
@@ -304,7 +332,14 @@ impl RootRound {
             .map_err(|e| e.to_string())
     }
 
-    pub fn close(&self) {
+    pub fn close(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            // Members still waiting (the root failed before the release) give up now.
+            if bar.words().phase.load(SeqCst) != PH_RELEASE {
+                bar.abort();
+            }
+            bar.unmap();
+        }
         let _ = std::fs::remove_file(self.dir.join(FAILED_FILE));
         close(self.marks.dir);
         close(self.pipes_fd);
@@ -320,11 +355,7 @@ pub struct MemberRound {
     tmp: PathBuf,
     dir: PathBuf,
     root: [i32; 1],
-    stopped: CString,
-    forked: CString,
-    go: [CString; 1],
-    release: [CString; 1],
-    abort: CString,
+    bar: Option<Barrier>,
     copies: Vec<ShmCopy>,
 }
 
@@ -344,6 +375,14 @@ impl MemberRound {
             .map_err(|e| format!("{}: {e}", sub.display()))?;
         let (marks, pipes_fd) =
             open_dirs(tmp).ok_or("cannot open the pending generation directory")?;
+        let Some(bar) = Barrier::open(tmp) else {
+            close(marks.dir);
+            close(pipes_fd);
+            return Err(format!(
+                "cannot map the tree barrier page in {}",
+                tmp.display()
+            ));
+        };
         let pending = torpor_image::store::Pending::for_member(sub, generation_of(tmp), attempt);
         Ok((
             MemberRound {
@@ -352,30 +391,41 @@ impl MemberRound {
                 tmp: tmp.to_path_buf(),
                 dir: dir.to_path_buf(),
                 root: [ROOT_PID.load(SeqCst)],
-                stopped: mark_name("stopped", me),
-                forked: mark_name("forked", me),
-                go: [fixed(".go")],
-                release: [fixed(".release")],
-                abort: fixed(".abort"),
+                bar: Some(bar),
                 copies: my_copies(dir, tmp),
             },
             pending,
         ))
     }
 
+    /// Counts this process in `arrive` (none: only waits), then waits for the root's
+    /// `phase`.
+    fn step(&self, arrive: impl Fn(&Shared) -> &AtomicU32, phase: u32) -> Result<(), &'static str> {
+        let Some(bar) = &self.bar else {
+            return Err(ABANDONED);
+        };
+        bar.arrive(arrive(bar.words()));
+        bar.wait(&bar.words().phase, phase, &self.root, b"")
+    }
+
+    /// Before the pause: ready, then wait until the root says stop.
+    pub fn before_pause(&mut self) -> Result<(), &'static str> {
+        self.step(|w| &w.ready, PH_STOP)
+    }
+
     pub fn after_stop(&mut self) -> Result<(), &'static str> {
-        self.marks.touch(&self.stopped);
-        self.marks.wait_all(&self.go, &self.root, &self.abort)?;
+        self.step(|w| &w.stopped, PH_GO)?;
         copy_shared(&self.copies)
     }
 
     pub fn after_fork(&mut self) -> Result<(), &'static str> {
-        self.marks.touch(&self.forked);
-        self.marks.wait_all(&self.release, &self.root, &self.abort)
+        self.step(|w| &w.forked, PH_RELEASE)
     }
 
     pub fn abort(&self) {
-        self.marks.touch(&self.abort);
+        if let Some(bar) = &self.bar {
+            bar.abort();
+        }
     }
 
     /// Tells the root how this process's part ended.
@@ -390,6 +440,9 @@ impl MemberRound {
             _ => {
                 self.marks.touch(&mark_name("done", me));
             }
+        }
+        if let Some(bar) = self.bar.take() {
+            bar.unmap();
         }
         close(self.marks.dir);
         close(self.pipes_fd);
