@@ -31,6 +31,7 @@ const PROGS: &[&str] = &[
     "tree_pipes",
     "tree_shm",
     "tree_socketpair",
+    "tree_orphan",
 ];
 
 fn main() {

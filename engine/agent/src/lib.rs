@@ -515,6 +515,7 @@ fn start() {
     }
     sigwrap::own_sigterm();
     manager::ROOT_SELF.store(sys::getpid(), SeqCst);
+    tree::become_subreaper();
     let _ = tree::CFG.set(cfg.clone());
     register_atfork();
     spawn_manager(cfg, 0);
@@ -545,6 +546,9 @@ fn manager_main(mut cfg: Config) {
             seen_term = term;
             manager::TERMINATING.store(true, SeqCst);
             let out = manager::checkpoint(&cfg);
+            if matches!(out, Outcome::Restored) {
+                root_restored();
+            }
             report(&cfg, 0, &out);
             if !matches!(out, Outcome::Restored) {
                 sigwrap::apply_program_sigterm();
@@ -559,6 +563,9 @@ fn manager_main(mut cfg: Config) {
             };
             seen = cur;
             let out = manager::checkpoint(&cfg);
+            if matches!(out, Outcome::Restored) {
+                root_restored();
+            }
             report(&cfg, id, &out);
             cfg.attempt = manager::ATTEMPT.load(SeqCst);
             next = if interval > 0 {
@@ -571,6 +578,12 @@ fn manager_main(mut cfg: Config) {
         let wait = next.saturating_sub(now).min(60_000_000_000);
         sys::futex_wait(&manager::REQ, cur, wait.max(1));
     }
+}
+
+/// In a restored root: the attributes a restore does not carry over (the process is
+/// a new one).
+fn root_restored() {
+    tree::become_subreaper();
 }
 
 /// Writes `status.json` next to the generations and logs failures on stderr.

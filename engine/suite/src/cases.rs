@@ -224,6 +224,11 @@ pub fn named(name: &str) -> Option<Case> {
             tree: true,
             ..Case::native("tree_shm", 1)
         },
+        "tree_orphan" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_orphan", 1)
+        },
         "tree_pipes" => Case {
             needs_original_pids: true,
             tree: true,

@@ -78,4 +78,5 @@ cases!(
     tree_shm,
     python_pool,
     tree_socketpair,
+    tree_orphan,
 );

@@ -173,3 +173,13 @@ pub fn same_tree(proc_fd: i32, root: i32, known: &[i32], before: &[i32]) -> bool
     });
     !new_child && found == known.len()
 }
+
+/// Makes the root a child subreaper (`PR_SET_CHILD_SUBREAPER`): a process of its tree
+/// whose parent exits (a double-forked daemon) is reparented to the root instead of
+/// leaving the tree. The root program's `wait(-1)` may then reap such an orphan (what a
+/// subreaper implies). Set at start and again after a restore (the attribute belongs to
+/// the process, which a restore recreates).
+pub fn become_subreaper() {
+    // SAFETY: prctl on ourselves with a plain flag.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+}
