@@ -350,7 +350,7 @@ fn member_main(cfg: Config, mut seen: u32) {
     }
     manager::MANAGER_TID.store(sys::gettid(), SeqCst);
     let mut seen_term = sigwrap::TERM.load(SeqCst);
-    let root = tree::ROOT_PID.load(SeqCst);
+    let mut root = tree::ROOT_PID.load(SeqCst);
     // SIGTERM arrived (and is held) since this time.
     let mut term_since: Option<u64> = None;
     loop {
@@ -386,6 +386,13 @@ fn member_main(cfg: Config, mut seen: u32) {
             Some((rid, tmp)) if rid == id => {
                 let out = manager::member_checkpoint(&cfg, id, &tmp);
                 if matches!(out, Outcome::Restored) {
+                    if manager::IN_PIDNS.load(SeqCst) == 0 {
+                        // New pids: the root's pid changed too.
+                        if let Some(r) = tree::root_after_restore(cfg.park_sig) {
+                            root = r;
+                            tree::ROOT_PID.store(r, SeqCst);
+                        }
+                    }
                     // The image may have been taken on SIGTERM; this run was not asked
                     // to stop.
                     term_since = None;
@@ -581,9 +588,10 @@ fn manager_main(mut cfg: Config) {
 }
 
 /// In a restored root: the attributes a restore does not carry over (the process is
-/// a new one).
+/// a new one) and, with new pids, its own pid for the members it forks.
 fn root_restored() {
     tree::become_subreaper();
+    manager::ROOT_SELF.store(sys::getpid(), SeqCst);
 }
 
 /// Writes `status.json` next to the generations and logs failures on stderr.
@@ -619,9 +627,22 @@ fn report(cfg: &Config, request: i32, out: &Outcome) {
                 "pid": sys::getpid(), "request": request, "ok": false, "error": e,
             })
         }
-        Outcome::Restored => serde_json::json!({
-            "pid": sys::getpid(), "request": 0, "ok": true, "restored": true,
-        }),
+        Outcome::Restored => {
+            let same = manager::IN_PIDNS.load(SeqCst) != 0;
+            let mut v = serde_json::json!({
+                "pid": sys::getpid(), "request": 0, "ok": true, "restored": true,
+                "pids": if same { "original" } else { "new" },
+            });
+            if !same && !tree::descendants(sys::getpid()).is_empty() {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert(
+                        "warning".into(),
+                        torpor_engine::restore::NEW_PIDS_WARNING.into(),
+                    );
+                }
+            }
+            v
+        }
     };
     let mut status = status;
     if let Some(o) = status.as_object_mut() {

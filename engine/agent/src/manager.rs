@@ -67,7 +67,7 @@ pub static MANAGER_TID: AtomicI32 = AtomicI32::new(0);
 pub static WSEG_START: AtomicU64 = AtomicU64::new(0);
 pub static WSEG_END: AtomicU64 = AtomicU64::new(0);
 /// Set after a restore into a fresh pid namespace.
-static IN_PIDNS: AtomicU32 = AtomicU32::new(0);
+pub(crate) static IN_PIDNS: AtomicU32 = AtomicU32::new(0);
 
 pub struct Cell<T>(pub(crate) UnsafeCell<T>);
 // SAFETY: these buffers are used by the manager thread only (and by its forked child,

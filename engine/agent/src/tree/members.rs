@@ -183,3 +183,22 @@ pub fn become_subreaper() {
     // SAFETY: prctl on ourselves with a plain flag.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
 }
+
+/// After a restore with new pids, the root's new pid, as seen from a member: the
+/// topmost of the unbroken line of ancestors that run an agent (catch the park
+/// signal; the processes above the root do not). `None` when the parent has no agent.
+pub fn root_after_restore(park_sig: i32) -> Option<i32> {
+    // SAFETY: getppid has no preconditions.
+    let mut cur = unsafe { libc::getppid() };
+    if cur <= 1 || !catches(cur, park_sig) {
+        return None;
+    }
+    for _ in 0..MAX_TREE {
+        let up = stat(cur)?.ppid;
+        if up <= 1 || !catches(up, park_sig) {
+            break;
+        }
+        cur = up;
+    }
+    Some(cur)
+}

@@ -24,6 +24,7 @@ use torpor_image::ImageError;
 
 use files::{copy_into, put_back_output, relock, reopen};
 use namespace::enter_pid_namespace;
+pub use namespace::{userns_unavailable, NO_USERNS_VAR};
 pub use plan_build::{build_plan, build_plan_closing};
 pub use select::{check_compat, select, Selected};
 
@@ -67,6 +68,10 @@ pub(super) fn last_os(what: &str) -> RestoreError {
         source: std::io::Error::last_os_error(),
     }
 }
+
+/// Said once (stderr of the restore and the restored root's status.json) when a process
+/// tree comes back with new pids.
+pub const NEW_PIDS_WARNING: &str = "the process tree is restored with NEW pids: the processes run on, but what depends on their old pids will not work: pids a program saved (getpid() values kept in variables, pid files), kill() or waitpid() of a saved pid of another process of the tree, and /proc/<old pid> paths";
 
 /// How to treat pids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -109,11 +109,40 @@ fn write_file(path: &str, s: &str) -> std::io::Result<()> {
         .write_all(s.as_bytes())
 }
 
+/// Environment knob, for tests and diagnosis: behave as if unprivileged user
+/// namespaces were not available (restore with new pids).
+pub const NO_USERNS_VAR: &str = "TORPOR_NO_USERNS";
+
+/// Why user namespaces cannot be used here, when that is known before trying:
+/// [`NO_USERNS_VAR`], `user.max_user_namespaces` 0, or (not root)
+/// `kernel.apparmor_restrict_unprivileged_userns` 1. A failing `unshare` (EPERM,
+/// ENOSPC, EINVAL) is the other way to find out.
+pub fn userns_unavailable() -> Option<String> {
+    if std::env::var_os(NO_USERNS_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+        return Some(format!("{NO_USERNS_VAR} is set"));
+    }
+    let num = |p: &str| {
+        fs::read_to_string(p)
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    if num("/proc/sys/user/max_user_namespaces") == Some(0) {
+        return Some("user.max_user_namespaces is 0".into());
+    }
+    if my_uid() != 0 && num("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == Some(1) {
+        return Some("kernel.apparmor_restrict_unprivileged_userns is 1".into());
+    }
+    None
+}
+
 /// Enters a new user+pid+mount namespace and becomes `orig_pid` in it. Returns in the
 /// process that will become the restored program; the others wait and mirror its exit.
 pub(super) fn enter_pid_namespace(orig_pid: i32) -> Result<(), String> {
     if orig_pid <= 1 {
         return Err("original pid 1 cannot be restored in a namespace".into());
+    }
+    if let Some(why) = userns_unavailable() {
+        return Err(format!("user namespaces are not available ({why})"));
     }
     let (uid, gid) = (my_uid(), {
         // SAFETY: getgid cannot fail.

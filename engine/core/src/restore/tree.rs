@@ -205,14 +205,6 @@ pub(super) fn restore_tree(
         return Err(RestoreError::NoImage(sel.gen_dir.clone()));
     };
     let n = manifest.processes.len();
-    if pids == PidMode::New {
-        return Err(RestoreError::Io {
-            what: format!("a tree of {n} processes"),
-            source: std::io::Error::other(
-                "process trees are restored with their original pids only (parents wait for children by pid); --pids new is not supported",
-            ),
-        });
-    }
     let gen_dir = sel.gen_dir.clone();
     let sel_started = sel.started;
     let mut procs: Vec<Member> = Vec::new();
@@ -260,21 +252,38 @@ pub(super) fn restore_tree(
     let shm = shared_objects(&manifest.shared, &gen_dir)?;
     let stage2_file = memfd(c"torpor-restore", stage2)?;
     let root_pid = procs[0].info.pid;
-    if let Err(e) = enter_pid_namespace(root_pid) {
-        return Err(RestoreError::Io {
-            what: format!("original pids for a tree of {n} processes"),
-            source: std::io::Error::other(format!(
-                "{e}; process trees need user and pid namespaces (restoring with new pids would break wait() and kill() inside the tree)"
-            )),
-        });
+    let same_pids = match pids {
+        PidMode::New => false,
+        PidMode::Auto | PidMode::Original => match enter_pid_namespace(root_pid) {
+            Ok(()) => true,
+            Err(e) if pids == PidMode::Auto => {
+                eprintln!("torpor-restore: {e}");
+                eprintln!("torpor-restore: {}", super::NEW_PIDS_WARNING);
+                false
+            }
+            Err(e) => {
+                return Err(RestoreError::Io {
+                    what: format!("original pids for a tree of {n} processes"),
+                    source: std::io::Error::other(e),
+                })
+            }
+        },
+    };
+    if pids == PidMode::New {
+        eprintln!("torpor-restore: {}", super::NEW_PIDS_WARNING);
     }
     // Zombies must exit while SIGCHLD is at its default (discarded, not queued).
     // SAFETY: resets one signal disposition of this single-threaded process.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     let root = procs[0].info.clone();
-    set_groups(&root, true);
+    // New pids: old pid -> new pid of every process created so far (each process
+    // inherits the table of its parent at the fork).
+    // SAFETY: getpid cannot fail.
+    let mut newpids = vec![(root_pid, unsafe { libc::getpid() })];
+    set_groups(&root, true, &newpids);
     let children = children_of(&procs);
     let ctx = Ctx {
+        same_pids,
         children: &children,
         pipes: &pipes,
         shm: &shm,
@@ -283,7 +292,7 @@ pub(super) fn restore_tree(
         verbose,
         started: sel_started,
     };
-    become_process(0, &mut procs, &ctx)
+    become_process(0, &mut procs, &ctx, &mut newpids)
 }
 
 /// One memfd per shared memory object of the tree, filled with its checkpoint copy.
@@ -315,6 +324,8 @@ fn shared_objects(shared: &[SharedMemory], gen_dir: &Path) -> Result<Vec<OwnedFd
 }
 
 struct Ctx<'a> {
+    /// Original pids (inside the namespace) or new ones.
+    same_pids: bool,
     children: &'a BTreeMap<i32, Vec<usize>>,
     pipes: &'a Pipes,
     shm: &'a [OwnedFd],
@@ -377,16 +388,23 @@ fn check_groups(procs: &[Member]) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Session and process group as recorded (the root only when it led them).
-fn set_groups(p: &ManifestProcess, root: bool) {
+/// Session and process group as recorded (the root only when it led them). With new
+/// pids a group is looked up in `newpids` (old pid -> new pid of the processes created
+/// before this one on its line of ancestors and their earlier children); a group whose
+/// leader is not there is left as inherited (best effort).
+fn set_groups(p: &ManifestProcess, root: bool, newpids: &[(i32, i32)]) {
+    let pgid = newpids
+        .iter()
+        .find(|m| m.0 == p.pgid)
+        .map_or(p.pgid, |m| m.1);
     // SAFETY: setsid/setpgid on ourselves.
     unsafe {
         if p.sid == p.pid {
             libc::setsid();
         } else if p.pgid == p.pid {
             libc::setpgid(0, 0);
-        } else if !root && p.pgid != libc::getpgrp() {
-            libc::setpgid(0, p.pgid);
+        } else if !root && pgid != libc::getpgrp() {
+            libc::setpgid(0, pgid);
         }
     }
 }
@@ -442,14 +460,19 @@ fn become_process(
     idx: usize,
     procs: &mut [Member],
     ctx: &Ctx,
+    newpids: &mut Vec<(i32, i32)>,
 ) -> Result<std::convert::Infallible, RestoreError> {
     let me = procs[idx].info.pid;
     for &c in ctx.children.get(&me).map(Vec::as_slice).unwrap_or(&[]) {
         let want = procs[c].info.pid;
         let ca = CloneArgs {
             exit_signal: libc::SIGCHLD as u64,
-            set_tid: &want as *const i32 as u64,
-            set_tid_size: 1,
+            set_tid: if ctx.same_pids {
+                &want as *const i32 as u64
+            } else {
+                0
+            },
+            set_tid_size: ctx.same_pids as u64,
             ..Default::default()
         };
         // SAFETY: fork-like clone3 (no CLONE_VM, no new stack) with set_tid, in a
@@ -468,11 +491,13 @@ fn become_process(
             });
         }
         if pid == 0 {
-            set_groups(&procs[c].info, false);
+            // SAFETY: getpid cannot fail.
+            newpids.push((want, unsafe { libc::getpid() }));
+            set_groups(&procs[c].info, false, newpids);
             if let Some(status) = procs[c].info.zombie {
                 exit_like(status);
             }
-            let err = match become_process(c, procs, ctx) {
+            let err = match become_process(c, procs, ctx, newpids) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -480,6 +505,7 @@ fn become_process(
             // SAFETY: ends this child of the restorer.
             unsafe { libc::_exit(127) };
         }
+        newpids.push((want, pid as i32));
         if procs[c].info.zombie.is_some() {
             // SAFETY: waits, without reaping, until the child is a zombie.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -519,7 +545,7 @@ fn become_process(
         ctx.stage2,
         files,
         &maps,
-        true,
+        ctx.same_pids,
         ctx.verbose,
         &dir,
         ctx.started,
