@@ -185,7 +185,7 @@ fn find_rseq_offset() {
     }
 }
 
-extern "C" fn on_request(_sig: i32, info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+extern "C" fn on_request(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let (id, code) = unsafe {
         (
@@ -193,10 +193,17 @@ extern "C" fn on_request(_sig: i32, info: *mut libc::siginfo_t, _uc: *mut libc::
             (*info).si_code,
         )
     };
+    if code == libc::SI_TIMER {
+        // The retry timer of a lazy member's start, never a request.
+        tree::lazy::on_signal(uc);
+        return;
+    }
     manager::REQ_ID.store(id, SeqCst);
     manager::REQ_CODE.store(code, SeqCst);
     manager::REQ.fetch_add(1, SeqCst);
     sys::futex_wake(&manager::REQ, 1);
+    // A member without its manager yet: start it (the manager takes this request).
+    tree::lazy::on_signal(uc);
 }
 
 /// The request signal's handler in every process of a checkpointed job that is not a
@@ -282,16 +289,33 @@ fn start_member(root: i32, cfg: Config) {
     sigwrap::own_sigterm();
     let _ = tree::CFG.set(cfg.clone());
     register_atfork();
-    spawn_manager(cfg, 0);
+    tree::lazy::init(cfg.request_sig, lazy_start);
+    if tree::lazy::possible() {
+        // No thread until a round (or a SIGTERM) needs one.
+        tree::lazy::become_lazy(manager::REQ.load(SeqCst), sigwrap::TERM.load(SeqCst));
+        return;
+    }
+    spawn_manager(cfg, 0, sigwrap::TERM.load(SeqCst));
 }
 
-fn spawn_manager(cfg: Config, seen: u32) {
+/// Starts a lazy member's manager (from a signal handler at a safe point, see
+/// `tree::lazy`): every request and SIGTERM since the member became lazy is new to it.
+fn lazy_start() {
+    let Some(cfg) = tree::CFG.get() else { return };
+    spawn_manager(
+        cfg.clone(),
+        tree::lazy::SEEN_REQ.load(SeqCst),
+        tree::lazy::SEEN_TERM.load(SeqCst),
+    );
+}
+
+fn spawn_manager(cfg: Config, seen: u32, seen_term: u32) {
     let spawned = std::thread::Builder::new()
         .name("torpor-agent".into())
         .stack_size(256 * 1024)
         .spawn(move || {
             if tree::MEMBER.load(SeqCst) {
-                member_main(cfg, seen)
+                member_main(cfg, seen, seen_term)
             } else {
                 manager_main(cfg)
             }
@@ -311,10 +335,11 @@ extern "C" fn atfork_parent() {
     alloc::fork_done();
 }
 
-/// In a fork child of a tree process: it becomes a member with its own manager.
+/// In a fork child of a tree process: it becomes a member, lazy (no thread until a
+/// round needs it) where possible.
 extern "C" fn atfork_child() {
     alloc::fork_done();
-    if !manager::ACTIVE.load(SeqCst) {
+    if !manager::ACTIVE.load(SeqCst) && !tree::lazy::LAZY.load(SeqCst) {
         return;
     }
     manager::ACTIVE.store(false, SeqCst);
@@ -324,8 +349,18 @@ extern "C" fn atfork_child() {
         tree::MEMBER.store(true, SeqCst);
         tree::ROOT_PID.store(manager::ROOT_SELF.load(SeqCst), SeqCst);
     }
+    if tree::lazy::possible() {
+        tree::lazy::become_lazy(manager::REQ.load(SeqCst), sigwrap::TERM.load(SeqCst));
+        return;
+    }
     let Some(cfg) = tree::CFG.get() else { return };
-    let _ = std::panic::catch_unwind(|| spawn_manager(cfg.clone(), manager::REQ.load(SeqCst)));
+    let _ = std::panic::catch_unwind(|| {
+        spawn_manager(
+            cfg.clone(),
+            manager::REQ.load(SeqCst),
+            sigwrap::TERM.load(SeqCst),
+        )
+    });
 }
 
 fn register_atfork() {
@@ -341,7 +376,7 @@ fn register_atfork() {
 
 /// A member's manager: answers the root's tree rounds; forwards requests sent to it
 /// directly to the root; applies the program's SIGTERM disposition at once.
-fn member_main(cfg: Config, mut seen: u32) {
+fn member_main(cfg: Config, mut seen: u32, mut seen_term: u32) {
     // SAFETY: blocks every signal for this thread only.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -349,7 +384,6 @@ fn member_main(cfg: Config, mut seen: u32) {
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
     }
     manager::MANAGER_TID.store(sys::gettid(), SeqCst);
-    let mut seen_term = sigwrap::TERM.load(SeqCst);
     let mut root = tree::ROOT_PID.load(SeqCst);
     // SIGTERM arrived (and is held) since this time.
     let mut term_since: Option<u64> = None;
@@ -525,7 +559,9 @@ fn start() {
     tree::become_subreaper();
     let _ = tree::CFG.set(cfg.clone());
     register_atfork();
-    spawn_manager(cfg, 0);
+    // Its fork children inherit the text ranges their lazy start checks.
+    tree::lazy::init(cfg.request_sig, lazy_start);
+    spawn_manager(cfg, 0, sigwrap::TERM.load(SeqCst));
 }
 
 fn manager_main(mut cfg: Config) {

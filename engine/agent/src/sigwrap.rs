@@ -44,9 +44,11 @@ pub fn real_sigaction(sig: i32, act: *const libc::sigaction, old: *mut libc::sig
     unsafe { real()(sig, act, old) }
 }
 
-extern "C" fn on_term(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+extern "C" fn on_term(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     TERM.fetch_add(1, SeqCst);
     sys::futex_wake(&crate::manager::REQ, 1);
+    // A member without its manager yet: the manager holds and then applies SIGTERM.
+    crate::tree::lazy::on_signal(uc);
 }
 
 /// Takes SIGTERM over, remembering what the program had set so far.

@@ -74,13 +74,10 @@ pub fn catches(pid: i32, sig: i32) -> bool {
         .is_some_and(|m| m & (1u64 << (sig - 1)) != 0)
 }
 
-/// Whether `pid` runs a torpor manager thread.
+/// Whether `pid` carries a live agent: it catches the park signal (a member whose
+/// manager has not started yet, see [`lazy`], counts: the round's request starts it).
 pub fn has_agent(pid: i32) -> bool {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    rd.flatten()
-        .any(|t| std::fs::read(t.path().join("comm")).is_ok_and(|c| c.starts_with(b"torpor-agent")))
+    catches(pid, crate::PARK_SIGNAL)
 }
 
 /// State letter of `pid` from /proc with stack buffers only (pause-safe).

@@ -20,6 +20,7 @@ use crate::sys;
 
 mod barrier;
 mod channels;
+pub mod lazy;
 mod members;
 mod round;
 mod shm;
