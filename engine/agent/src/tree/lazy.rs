@@ -169,7 +169,15 @@ fn safe_point(uc: *mut libc::c_void) -> bool {
         return false;
     }
     // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO handler.
-    let g = unsafe { &(*(uc as *const libc::ucontext_t)).uc_mcontext.gregs };
+    let ctx = unsafe { &*(uc as *const libc::ucontext_t) };
+    // SAFETY: sigset_t starts with the 64-bit kernel signal mask.
+    let mask = unsafe { *(&ctx.uc_sigmask as *const libc::sigset_t as *const u64) };
+    if mask & caught() != 0 {
+        // Probably inside one of the program's own signal handlers (its signal is
+        // blocked there), which may have interrupted malloc: not here.
+        return false;
+    }
+    let g = &ctx.uc_mcontext.gregs;
     let rip = g[libc::REG_RIP as usize] as u64;
     let rax = g[libc::REG_RAX as usize];
     if in_range(1, rip) || in_range(2, rip) {
@@ -190,6 +198,47 @@ fn safe_point(uc: *mut libc::c_void) -> bool {
     }
     // Restarted blocking call: back on the syscall instruction with its number.
     at(rip) && blocking_ok(rax, g[libc::REG_RSI as usize])
+}
+
+/// The signals (bit `n - 1` for signal `n`) this process has a handler for, other
+/// than the agent's own request and park signals and glibc's internal 32 and 33.
+/// Raw `rt_sigaction` queries: signal-safe.
+#[cfg(target_arch = "x86_64")]
+fn caught() -> u64 {
+    #[repr(C)]
+    struct KAction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let own = [SIG.load(SeqCst) as i32, crate::PARK_SIGNAL, 32, 33];
+    let mut m = 0u64;
+    for s in 1..=64i32 {
+        if own.contains(&s) || s == libc::SIGKILL || s == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = KAction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: queries one signal's action into a local kernel-layout struct.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                s,
+                std::ptr::null::<KAction>(),
+                &mut old as *mut KAction,
+                8usize,
+            )
+        };
+        if r == 0 && old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN {
+            m |= 1u64 << (s - 1);
+        }
+    }
+    m
 }
 
 #[cfg(not(target_arch = "x86_64"))]
