@@ -5,5 +5,6 @@ pub mod cases;
 pub mod cluster;
 pub mod resume;
 pub mod resume_checks;
+pub mod scenario;
 
 pub use cluster::{Cluster, ClusterOptions, HarnessError, JobId, Out};

@@ -9,6 +9,7 @@ use crate::resume::{
     build_counter, describe_store, first_difference, generations, latest_manifest, now_ms,
     program_dirs, reference_output, run_steps, Checks, Event, Trace,
 };
+use crate::scenario::{Ending, Ready, Scenario, TraceCheck};
 use crate::{Cluster, JobId};
 
 /// Milliseconds between steps of the counter.
@@ -136,6 +137,37 @@ impl Ctx {
         program_dirs(&self.c, job)
     }
 
+    /// Waits until every trace reached `step` and the job has `n` program directories
+    /// (with or without a generation); returns them.
+    pub fn wait_running(&self, job: JobId, traces: &[&Path], step: u32, n: usize) -> Vec<PathBuf> {
+        let r = self.c.wait_for(
+            &format!("job {job}: step {step} and {n} program dir(s)"),
+            WAIT,
+            || {
+                Ok(traces
+                    .iter()
+                    .all(|t| Trace::read(t).max_step().is_some_and(|s| s >= step))
+                    && program_dirs(&self.c, job).len() >= n)
+            },
+        );
+        if let Err(e) = r {
+            panic!(
+                "{e}: state {:?}\nstderr:\n{}\nstores:\n{}",
+                self.c.job_state(job),
+                self.stderr_of(job),
+                self.stores(job)
+            );
+        }
+        program_dirs(&self.c, job)
+    }
+
+    /// Waits (up to 120 s) until the job ended; its final state.
+    pub fn wait_end(&self, job: JobId) -> String {
+        self.c
+            .wait_finished(job, Duration::from_secs(120))
+            .unwrap_or_else(|e| format!("not finished: {e}"))
+    }
+
     pub fn stores(&self, job: JobId) -> String {
         program_dirs(&self.c, job)
             .iter()
@@ -239,6 +271,34 @@ pub fn check_resumed_trace(ck: &mut Checks, name: &str, trace: &Trace, steps: u3
         );
     }
     (last1, first2)
+}
+
+/// A program resumed once, told by counting trace lines rather than by pauses (a loaded
+/// machine can pause a program for seconds): main() entered once, ended once, every step
+/// ran, at most one step ran twice (the one in flight at the checkpoint), step 0 once.
+pub fn check_resumed_once(ck: &mut Checks, name: &str, tr: &Trace, steps: u32) {
+    ck.check(
+        tr.count(&Event::Start) == 1 && tr.count(&Event::End) == 1,
+        format!(
+            "{name}: started once, ended once (resumed, not started over): {}",
+            tr.summary()
+        ),
+    );
+    let mut seen: Vec<u32> = (0..steps)
+        .filter(|i| tr.count(&Event::Step(*i)) > 0)
+        .collect();
+    seen.dedup();
+    ck.check(
+        seen.len() == steps as usize,
+        format!("{name}: every step 0..{steps} ran"),
+    );
+    let twice: Vec<u32> = (0..steps)
+        .filter(|i| tr.count(&Event::Step(*i)) > 1)
+        .collect();
+    ck.check(
+        twice.len() <= 1 && !twice.contains(&0),
+        format!("{name}: at most one step (not step 0) ran twice: {twice:?}"),
+    );
 }
 
 pub fn check_output(ck: &mut Checks, what: &str, expected: &str, got: &str) {
@@ -350,39 +410,11 @@ pub fn context(ctx: &Ctx, job: JobId, traces: &[&Path]) -> String {
 /// the middle: a final checkpoint, then the job runs again and the counter resumes from it,
 /// with the output of an uninterrupted run and its images gone at the end.
 pub fn requeue_batch(ctx: &Ctx) {
-    let steps = 50;
-    let (cmd, trace) = ctx.command(steps, "requeue-batch");
-    let job = ctx.submit(&["--checkpoint=5s"], &format!("#!/bin/bash\n{cmd}\n"));
-    let dirs = ctx.wait_progress(job, &[&trace], 14, 1);
-    eprintln!("  before requeue: {}", ctx.stores(job));
-    let t_req = now_ms();
-    ctx.c.requeue(job).expect("scontrol requeue");
-    let (state, t_stop) = ctx.wait_stopped(job);
-    eprintln!(
-        "  after requeue: {state} after {} ms; {}",
-        t_stop - t_req,
-        ctx.stores(job)
-    );
-    let mut ck = Checks::default();
-    ck.check(
-        dirs.len() == 1,
-        format!("one program directory (the counter, not bash): {dirs:?}"),
-    );
-    check_final_checkpoint(&mut ck, &dirs, &[&trace], Some(t_req), "requeue");
-    let fin = ctx.wait_done_after_restart(job, Duration::from_secs(120));
-    eprintln!("  ended {fin} after {} ms", now_ms() - t_req);
-    ck.check(
-        fin == "COMPLETED",
-        format!("job completed after the requeue: {fin}"),
-    );
-    ck.check(ctx.restarts(job) == 1, "requeued exactly once");
-    check_resumed_trace(&mut ck, "counter", &Trace::read(&trace), steps);
-    check_output(
-        &mut ck,
-        "job output file",
-        ctx.reference(steps),
-        &ctx.c.read_output(job).unwrap_or_default(),
-    );
-    check_images_removed(&mut ck, &dirs);
-    ck.finish(&context(ctx, job, &[&trace]));
+    Scenario::new(ctx, "requeue-batch", 50, &["--checkpoint=5s"])
+        .ready(Ready::Checkpointed(14))
+        .ending(Ending::Resumed {
+            after: "after the requeue",
+            trace: TraceCheck::Runs,
+        })
+        .run(|r| r.requeue_with_final_checkpoint("one program directory (the counter, not bash)"));
 }

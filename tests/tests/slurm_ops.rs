@@ -15,11 +15,11 @@ use serde_json::Value;
 use torpor_tests::cases::{self, Case};
 use torpor_tests::cluster::{release_dir, start_or_skip};
 use torpor_tests::resume::{
-    build_counter, generations, latest_manifest, now_ms, program_dirs, reference_output, Checks,
-    Event, Trace,
+    build_counter, generations, latest_manifest, now_ms, reference_output, Checks, Event, Trace,
 };
 use torpor_tests::resume_checks::*;
-use torpor_tests::{ClusterOptions, JobId, Out};
+use torpor_tests::scenario::{Ending, Ready, Scenario, TraceCheck};
+use torpor_tests::{ClusterOptions, Out};
 
 /// `torpor ARGS` as the test user (its own jobs: Slurm authorizes it).
 fn torpor_user(ctx: &Ctx, args: &[&str]) -> Out {
@@ -63,63 +63,6 @@ fn parse_json(out: &Out, what: &str) -> Value {
         .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}): {out:?}"))
 }
 
-/// Waits until the trace reached `step` and the job has `n` program directories.
-fn wait_running(ctx: &Ctx, job: JobId, traces: &[&Path], step: u32, n: usize) -> Vec<PathBuf> {
-    let r = ctx.c.wait_for(
-        &format!("job {job}: step {step} and {n} program dir(s)"),
-        WAIT,
-        || {
-            Ok(traces
-                .iter()
-                .all(|t| Trace::read(t).max_step().is_some_and(|s| s >= step))
-                && program_dirs(&ctx.c, job).len() >= n)
-        },
-    );
-    if let Err(e) = r {
-        panic!(
-            "{e}: state {:?}\nstderr:\n{}\nstores:\n{}",
-            ctx.c.job_state(job),
-            ctx.stderr_of(job),
-            ctx.stores(job)
-        );
-    }
-    program_dirs(&ctx.c, job)
-}
-
-/// A program resumed once, told by counting trace lines rather than by pauses (a loaded
-/// machine can pause a program for seconds): main() entered once, ended once, every step
-/// ran, at most one step ran twice (the one in flight at the checkpoint), step 0 once.
-fn check_resumed_once(ck: &mut Checks, name: &str, tr: &Trace, steps: u32) {
-    ck.check(
-        tr.count(&Event::Start) == 1 && tr.count(&Event::End) == 1,
-        format!(
-            "{name}: started once, ended once (resumed, not started over): {}",
-            tr.summary()
-        ),
-    );
-    let mut seen: Vec<u32> = (0..steps)
-        .filter(|i| tr.count(&Event::Step(*i)) > 0)
-        .collect();
-    seen.dedup();
-    ck.check(
-        seen.len() == steps as usize,
-        format!("{name}: every step 0..{steps} ran"),
-    );
-    let twice: Vec<u32> = (0..steps)
-        .filter(|i| tr.count(&Event::Step(*i)) > 1)
-        .collect();
-    ck.check(
-        twice.len() <= 1 && !twice.contains(&0),
-        format!("{name}: at most one step (not step 0) ran twice: {twice:?}"),
-    );
-}
-
-fn wait_end(ctx: &Ctx, job: JobId) -> String {
-    ctx.c
-        .wait_finished(job, Duration::from_secs(120))
-        .unwrap_or_else(|e| format!("not finished: {e}"))
-}
-
 /// `torpor checkpoint JOBID` on a running job with a batch program and an srun step: each
 /// program commits a new generation, the job keeps running (the batch shell and the srun
 /// client survive the request signal) and ends like an uninterrupted run. `torpor status
@@ -140,7 +83,7 @@ fn checkpoint_keeps_running(ctx: &Ctx) {
             step_out.display()
         ),
     );
-    let dirs = wait_running(ctx, job, &[&trace, &strace0], 6, 2);
+    let dirs = ctx.wait_running(job, &[&trace, &strace0], 6, 2);
     let mut ck = Checks::default();
     ck.check(
         dirs.iter().all(|d| generations(d).is_empty()),
@@ -247,7 +190,7 @@ fn checkpoint_keeps_running(ctx: &Ctx) {
             ctx.stores(job)
         ),
     );
-    let fin = wait_end(ctx, job);
+    let fin = ctx.wait_end(job);
     ck.check(fin == "COMPLETED", format!("job completed: {fin}"));
     ck.check(ctx.restarts(job) == 0, "never requeued");
     let expected = format!("{}batch shell survived\n", ctx.reference(steps));
@@ -276,60 +219,51 @@ fn checkpoint_keeps_running(ctx: &Ctx) {
 /// `torpor vacate JOBID`: checkpoint, requeue; the job resumes (not from step 0, no step
 /// skipped, at most one redone) and ends with an uninterrupted run's output.
 fn vacate_resumes(ctx: &Ctx) {
-    let steps = 50;
-    let (cmd, trace) = ctx.command(steps, "vacate");
-    let job = ctx.submit(&["--checkpoint=1h"], &format!("#!/bin/bash\n{cmd}\n"));
-    let dirs = wait_running(ctx, job, &[&trace], 10, 1);
-    let t_req = now_ms();
-    let out = torpor_user(ctx, &["vacate", &job.to_string(), "--json"]);
-    let mut ck = Checks::default();
-    ck.check(out.ok(), format!("torpor vacate exits 0: {}", out.status));
-    let v = parse_json(&out, "torpor vacate --json");
-    ck.check(
-        v["requeued"] == true && v["checkpoint"]["programs"][0]["result"] == "committed",
-        format!("vacate checkpointed and requeued: {v}"),
-    );
-    let (state, t_stop) = ctx.wait_stopped(job);
-    eprintln!("  stopped ({state}) {} ms after vacate", t_stop - t_req);
-    let stopped_at = Trace::read(&trace).max_step().unwrap_or(0);
-    // Once restored: one request gives exactly one new generation (the restorer's waiting
-    // processes must not pass Slurm's signal on a second time).
-    let r = ctx.c.wait_for("the job to resume", WAIT, || {
-        Ok(ctx.restarts(job) == 1
-            && Trace::read(&trace)
-                .max_step()
-                .is_some_and(|s| s >= stopped_at + 3))
-    });
-    ck.check(r.is_ok(), format!("resumed and progressing: {r:?}"));
-    let before = generations(&dirs[0]);
-    let out = torpor_user(ctx, &["checkpoint", &job.to_string(), "--json"]);
-    let v = parse_json(&out, "torpor checkpoint --json after the restore");
-    std::thread::sleep(Duration::from_millis(1500));
-    let after = generations(&dirs[0]);
-    let prev = v["programs"][0]["previous_generation"]
-        .as_u64()
-        .unwrap_or(0);
-    ck.check(
-        out.ok()
-            && v["programs"][0]["generation"].as_u64() == Some(prev + 1)
-            && after.last().copied() == Some(prev + 1),
-        format!("restored program: one request, one generation: {before:?} -> {after:?}, {v}"),
-    );
-    let fin = ctx.wait_done_after_restart(job, Duration::from_secs(120));
-    ck.check(
-        fin == "COMPLETED",
-        format!("job completed after vacate: {fin}"),
-    );
-    ck.check(ctx.restarts(job) == 1, "requeued exactly once");
-    check_resumed_once(&mut ck, "counter", &Trace::read(&trace), steps);
-    check_output(
-        &mut ck,
-        "job output file",
-        ctx.reference(steps),
-        &ctx.c.read_output(job).unwrap_or_default(),
-    );
-    check_images_removed(&mut ck, &dirs);
-    ck.finish(&context(ctx, job, &[&trace]));
+    Scenario::new(ctx, "vacate", 50, &["--checkpoint=1h"])
+        .ready(Ready::Running(10))
+        .ending(Ending::Resumed {
+            after: "after vacate",
+            trace: TraceCheck::Counts,
+        })
+        .run(|r| {
+            let (job, trace, dirs) = (r.job, r.trace.clone(), r.dirs.clone());
+            let t_req = now_ms();
+            let out = torpor_user(ctx, &["vacate", &job.to_string(), "--json"]);
+            r.ck.check(out.ok(), format!("torpor vacate exits 0: {}", out.status));
+            let v = parse_json(&out, "torpor vacate --json");
+            r.ck.check(
+                v["requeued"] == true && v["checkpoint"]["programs"][0]["result"] == "committed",
+                format!("vacate checkpointed and requeued: {v}"),
+            );
+            let (state, t_stop) = ctx.wait_stopped(job);
+            eprintln!("  stopped ({state}) {} ms after vacate", t_stop - t_req);
+            let stopped_at = Trace::read(&trace).max_step().unwrap_or(0);
+            // Once restored: one request gives exactly one new generation (the restorer's
+            // waiting processes must not pass Slurm's signal on a second time).
+            let res = ctx.c.wait_for("the job to resume", WAIT, || {
+                Ok(ctx.restarts(job) == 1
+                    && Trace::read(&trace)
+                        .max_step()
+                        .is_some_and(|s| s >= stopped_at + 3))
+            });
+            r.ck.check(res.is_ok(), format!("resumed and progressing: {res:?}"));
+            let before = generations(&dirs[0]);
+            let out = torpor_user(ctx, &["checkpoint", &job.to_string(), "--json"]);
+            let v = parse_json(&out, "torpor checkpoint --json after the restore");
+            std::thread::sleep(Duration::from_millis(1500));
+            let after = generations(&dirs[0]);
+            let prev = v["programs"][0]["previous_generation"]
+                .as_u64()
+                .unwrap_or(0);
+            r.ck.check(
+                out.ok()
+                    && v["programs"][0]["generation"].as_u64() == Some(prev + 1)
+                    && after.last().copied() == Some(prev + 1),
+                format!(
+                    "restored program: one request, one generation: {before:?} -> {after:?}, {v}"
+                ),
+            );
+        });
 }
 
 /// `torpor checkpoint JOBID` on a process tree (perl running the counter with `system`):
@@ -337,46 +271,37 @@ fn vacate_resumes(ctx: &Ctx) {
 /// request must give exactly one generation holding both (a member passing the job-wide
 /// signal on to the root made it two), and the job ends like an uninterrupted run.
 fn checkpoint_tree(ctx: &Ctx) {
-    let steps = 40;
-    let (cmd, trace) = ctx.command(steps, "checkpoint-tree");
-    let script = format!("#!/bin/bash\n/usr/bin/perl -e 'exit(system(@ARGV) >> 8)' {cmd}\n");
-    let job = ctx.submit(&["--checkpoint=1h"], &script);
-    let dirs = wait_running(ctx, job, &[&trace], 5, 1);
-    let mut ck = Checks::default();
-    ck.check(
-        dirs.len() == 1,
-        format!("one program directory (perl's, the tree's root): {dirs:?}"),
-    );
-    let before = generations(&dirs[0]);
-    let out = torpor_user(ctx, &["checkpoint", &job.to_string(), "--json"]);
-    let v = parse_json(&out, "torpor checkpoint --json of a tree");
-    // A second, forwarded request would start its round right after the first one.
-    std::thread::sleep(Duration::from_millis(2000));
-    let after = generations(&dirs[0]);
-    let prev = v["programs"][0]["previous_generation"]
-        .as_u64()
-        .unwrap_or(0);
-    ck.check(
-        out.ok()
-            && v["programs"][0]["generation"].as_u64() == Some(prev + 1)
-            && after.last().copied() == Some(prev + 1),
-        format!("tree: one request, one generation: {before:?} -> {after:?}, {v}"),
-    );
-    let procs = latest_manifest(&dirs[0]).map(|m| m.processes.len());
-    ck.check(
-        procs == Some(2),
-        format!("the generation holds perl and the counter: {procs:?} processes"),
-    );
-    let fin = wait_end(ctx, job);
-    ck.check(fin == "COMPLETED", format!("job completed: {fin}"));
-    check_output(
-        &mut ck,
-        "job output file",
-        ctx.reference(steps),
-        &ctx.c.read_output(job).unwrap_or_default(),
-    );
-    check_images_removed(&mut ck, &dirs);
-    ck.finish(&context(ctx, job, &[&trace]));
+    Scenario::new(ctx, "checkpoint-tree", 40, &["--checkpoint=1h"])
+        .script(|cmd| format!("#!/bin/bash\n/usr/bin/perl -e 'exit(system(@ARGV) >> 8)' {cmd}\n"))
+        .ready(Ready::Running(5))
+        .ending(Ending::Uninterrupted)
+        .run(|r| {
+            let (job, dirs) = (r.job, r.dirs.clone());
+            r.ck.check(
+                dirs.len() == 1,
+                format!("one program directory (perl's, the tree's root): {dirs:?}"),
+            );
+            let before = generations(&dirs[0]);
+            let out = torpor_user(ctx, &["checkpoint", &job.to_string(), "--json"]);
+            let v = parse_json(&out, "torpor checkpoint --json of a tree");
+            // A second, forwarded request would start its round right after the first one.
+            std::thread::sleep(Duration::from_millis(2000));
+            let after = generations(&dirs[0]);
+            let prev = v["programs"][0]["previous_generation"]
+                .as_u64()
+                .unwrap_or(0);
+            r.ck.check(
+                out.ok()
+                    && v["programs"][0]["generation"].as_u64() == Some(prev + 1)
+                    && after.last().copied() == Some(prev + 1),
+                format!("tree: one request, one generation: {before:?} -> {after:?}, {v}"),
+            );
+            let procs = latest_manifest(&dirs[0]).map(|m| m.processes.len());
+            r.ck.check(
+                procs == Some(2),
+                format!("the generation holds perl and the counter: {procs:?} processes"),
+            );
+        });
 }
 
 /// Refusals are Slurm's, reported with the command and Slurm's words; a job without
@@ -412,7 +337,7 @@ fn refusals(ctx: &Ctx) {
             out.stderr
         ),
     );
-    let fin = wait_end(ctx, job);
+    let fin = ctx.wait_end(job);
     ck.check(
         fin == "COMPLETED",
         format!("the plain job was not signalled and completed: {fin}"),
@@ -510,7 +435,7 @@ fn drain_node(ctx: &Ctx) {
         let fin = if *ckpt {
             ctx.wait_done_after_restart(*j, Duration::from_secs(150))
         } else {
-            wait_end(ctx, *j)
+            ctx.wait_end(*j)
         };
         ck.check(fin == "COMPLETED", format!("job {j} completed: {fin}"));
         let node = c

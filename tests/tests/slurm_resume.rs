@@ -19,6 +19,7 @@ use torpor_tests::resume::{
     describe_store, job_image_dir, latest_manifest, now_ms, Checks, Event, Trace,
 };
 use torpor_tests::resume_checks::*;
+use torpor_tests::scenario::{Ending, Ready, Scenario, TraceCheck};
 use torpor_tests::ClusterOptions;
 
 /// Scenario 1b: the batch script runs perl, which runs the program as its child
@@ -26,50 +27,24 @@ use torpor_tests::ClusterOptions;
 /// together (engine.md §3a); `scontrol requeue` in the middle, and the tree resumes
 /// with the program still perl's child.
 fn requeue_tree(ctx: &Ctx) {
-    let steps = 50;
-    let (cmd, trace) = ctx.command(steps, "requeue-tree");
-    let script = format!("#!/bin/bash\n/usr/bin/perl -e 'exit(system(@ARGV) >> 8)' {cmd}\n");
-    let job = ctx.submit(&["--checkpoint=5s"], &script);
-    let dirs = ctx.wait_progress(job, &[&trace], 14, 1);
-    eprintln!("  before requeue: {}", ctx.stores(job));
-    let mut ck = Checks::default();
-    let tree_gen = latest_manifest(&dirs[0]).is_some_and(|m| m.processes.len() == 2);
-    ck.check(
-        tree_gen,
-        format!(
-            "the newest generation holds perl and the program: {:?}",
-            latest_manifest(&dirs[0]).map(|m| m.processes)
-        ),
-    );
-    let t_req = now_ms();
-    ctx.c.requeue(job).expect("scontrol requeue");
-    let (state, t_stop) = ctx.wait_stopped(job);
-    eprintln!(
-        "  after requeue: {state} after {} ms; {}",
-        t_stop - t_req,
-        ctx.stores(job)
-    );
-    ck.check(
-        dirs.len() == 1,
-        format!("one program directory (perl's, the tree's root): {dirs:?}"),
-    );
-    check_final_checkpoint(&mut ck, &dirs, &[&trace], Some(t_req), "requeue");
-    let fin = ctx.wait_done_after_restart(job, Duration::from_secs(120));
-    eprintln!("  ended {fin} after {} ms", now_ms() - t_req);
-    ck.check(
-        fin == "COMPLETED",
-        format!("job completed after the requeue: {fin}"),
-    );
-    ck.check(ctx.restarts(job) == 1, "requeued exactly once");
-    check_resumed_trace(&mut ck, "counter", &Trace::read(&trace), steps);
-    check_output(
-        &mut ck,
-        "job output file",
-        ctx.reference(steps),
-        &ctx.c.read_output(job).unwrap_or_default(),
-    );
-    check_images_removed(&mut ck, &dirs);
-    ck.finish(&context(ctx, job, &[&trace]));
+    Scenario::new(ctx, "requeue-tree", 50, &["--checkpoint=5s"])
+        .script(|cmd| format!("#!/bin/bash\n/usr/bin/perl -e 'exit(system(@ARGV) >> 8)' {cmd}\n"))
+        .ready(Ready::Checkpointed(14))
+        .ending(Ending::Resumed {
+            after: "after the requeue",
+            trace: TraceCheck::Runs,
+        })
+        .run(|r| {
+            let tree_gen = latest_manifest(&r.dirs[0]).is_some_and(|m| m.processes.len() == 2);
+            r.ck.check(
+                tree_gen,
+                format!(
+                    "the newest generation holds perl and the program: {:?}",
+                    latest_manifest(&r.dirs[0]).map(|m| m.processes)
+                ),
+            );
+            r.requeue_with_final_checkpoint("one program directory (perl's, the tree's root)");
+        });
 }
 
 /// Scenario 2: `srun -n2` inside a batch job; both tasks resume after `scontrol requeue`.
