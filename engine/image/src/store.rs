@@ -7,10 +7,20 @@
 //!     manifest.json        generation, attempt, time, process images
 //!     proc-<pid>.img       one image per process
 //!     files/               captured file contents
-//!   .tmp-gen-000008-<pid>/ in progress; never taken for complete
+//!   .tmp-gen-000008-<pid>-<start>/ in progress; never taken for complete
 //!   .del-gen-000005-<pid>/ being pruned (renamed away first, then removed)
 //!   latest -> gen-000007   symlink replaced atomically (rename) after the commit
+//!   .commit.lock           flock(2)ed around every commit; holds the fence (the highest
+//!                          job attempt that committed here)
 //! ```
+//!
+//! Fencing: a writer of job attempt A may not commit once a newer attempt committed (a
+//! node still running after the job was requeued must not replace the resumed program's
+//! generations). The check and the publication (rename into `gen-N`, `latest`) happen
+//! under an exclusive `flock` of `.commit.lock`, whose content is the fence; a newer
+//! attempt raises it before publishing. On NFS the Linux client turns `flock` into a
+//! server-side lock and revalidates the locked file's data when it is taken, so the
+//! fence holds across nodes (not on mounts with `nolock`, where locks are node-local).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -28,6 +38,10 @@ pub const MANIFEST: &str = "manifest.json";
 pub const LATEST: &str = "latest";
 /// Directory of captured file copies inside a generation directory.
 pub const FILES: &str = "files";
+/// The commit lock and fence (see the module documentation); never removed.
+pub const COMMIT_LOCK: &str = ".commit.lock";
+/// How long a commit waits for another writer's commit to finish.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Errors of the generation store.
 #[derive(Debug, Error)]
@@ -52,6 +66,8 @@ pub enum StoreError {
         newer_attempt: u32,
         attempt: u32,
     },
+    #[error("{path}: another writer held the commit lock for {secs} s")]
+    Locked { path: PathBuf, secs: u64 },
     #[error("{dir}: no complete generation")]
     Empty { dir: PathBuf },
     #[error("{path}: {what}")]
@@ -295,6 +311,7 @@ impl Store {
     /// of ours that was cut off before it could clean up; only one round runs at a time).
     pub fn clean_temporaries(&self) {
         let newest = self.generations().ok().and_then(|g| g.last().copied());
+        let me = start_token();
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return;
         };
@@ -311,13 +328,17 @@ impl Store {
             let Some(rest) = name.strip_prefix(".tmp-gen-") else {
                 continue;
             };
-            let mut parts = rest.splitn(2, '-');
+            // `<gen>-<pid>-<start>` (or `<gen>-<pid>` from older writers): the writer is
+            // this process only if both match (a restored program has the original's pid).
+            let mut parts = rest.splitn(3, '-');
             let gen = parts.next().and_then(|g| g.parse::<u64>().ok());
             let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
-            let stale = match (gen, pid) {
-                (Some(g), Some(p)) => {
+            let start = parts.next().map(|s| s.parse::<u64>().ok());
+            let stale = match (gen, pid, start) {
+                (Some(_), Some(_), Some(None)) => true,
+                (Some(g), Some(p), start) => {
                     newest.is_some_and(|n| g <= n)
-                        || p == std::process::id()
+                        || (p == std::process::id() && start.flatten().is_none_or(|s| s == me))
                         || !Path::new(&format!("/proc/{p}")).exists()
                 }
                 _ => true,
@@ -369,9 +390,12 @@ impl Store {
         self.clean_temporaries();
         let newest = self.generations()?.last().copied().unwrap_or(0);
         let n = newest.max(self.latest().unwrap_or(0)) + 1;
-        let tmp = self
-            .dir
-            .join(format!(".tmp-{}-{}", gen_name(n), std::process::id()));
+        let tmp = self.dir.join(format!(
+            ".tmp-{}-{}-{}",
+            gen_name(n),
+            std::process::id(),
+            start_token()
+        ));
         let _ = fs::remove_dir_all(&tmp);
         fs::DirBuilder::new()
             .mode(0o700)
@@ -447,22 +471,11 @@ impl Pending {
 
     /// Makes the generation durable and visible: writes the manifest, fsyncs, renames the
     /// directory into place, then points `latest` at it. Refuses to commit when a newer
-    /// attempt already committed a generation (fencing).
+    /// attempt already committed a generation (fencing): the check, raising the fence and
+    /// publishing happen under the commit lock, so once a newer attempt's commit returned,
+    /// no commit of an older attempt can publish anything.
     pub fn commit(&self, mut manifest: Manifest) -> Result<PathBuf, StoreError> {
         let dir = self.store.dir().to_path_buf();
-        if let Some(l) = self.store.latest() {
-            if let Ok(m) = self.store.manifest(l) {
-                if m.attempt > self.attempt {
-                    let _ = fs::remove_dir_all(&self.tmp);
-                    return Err(StoreError::Fenced {
-                        dir,
-                        newer: l,
-                        newer_attempt: m.attempt,
-                        attempt: self.attempt,
-                    });
-                }
-            }
-        }
         manifest.generation = self.n;
         manifest.attempt = self.attempt;
         manifest.files = file_sums(&self.tmp.join(FILES))?;
@@ -475,16 +488,50 @@ impl Pending {
         f.write_all(&body).map_err(io(&p, "write"))?;
         f.sync_all().map_err(io(&p, "fsync"))?;
         sync_dir(&self.tmp)?;
+        let mut lock = CommitLock::take(&dir)?;
+        if let Err(e) = self.check_fence(&mut lock) {
+            let _ = fs::remove_dir_all(&self.tmp);
+            return Err(e);
+        }
         let fin = self.store.gen_dir(self.n);
         fs::rename(&self.tmp, &fin).map_err(io(&fin, "rename into place"))?;
         sync_dir(&dir)?;
+        test_pause();
         let link_tmp = dir.join(format!(".latest-{}", std::process::id()));
         let _ = fs::remove_file(&link_tmp);
         std::os::unix::fs::symlink(gen_name(self.n), &link_tmp)
             .map_err(io(&link_tmp, "symlink"))?;
         fs::rename(&link_tmp, dir.join(LATEST)).map_err(io(&dir, "update latest"))?;
         sync_dir(&dir)?;
+        drop(lock);
         Ok(fin)
+    }
+
+    /// Under the commit lock: refuses when a newer attempt committed (the fence, or for
+    /// stores written before the fence existed, the attempt of `latest`), else raises the
+    /// fence to this attempt (durably, before anything is published).
+    fn check_fence(&self, lock: &mut CommitLock) -> Result<(), StoreError> {
+        let fenced = |newer_attempt| StoreError::Fenced {
+            dir: self.store.dir().to_path_buf(),
+            newer: self.store.latest().unwrap_or(0),
+            newer_attempt,
+            attempt: self.attempt,
+        };
+        let fence = lock.fence()?;
+        if fence.is_some_and(|f| f > self.attempt) {
+            return Err(fenced(fence.unwrap_or(0)));
+        }
+        if let Some(l) = self.store.latest() {
+            if let Ok(m) = self.store.manifest(l) {
+                if m.attempt > self.attempt {
+                    return Err(fenced(m.attempt));
+                }
+            }
+        }
+        if fence != Some(self.attempt) {
+            lock.set_fence(self.attempt)?;
+        }
+        Ok(())
     }
 
     /// A sub-directory of a pending generation written by another process of the same
@@ -501,6 +548,100 @@ impl Pending {
     /// Abandons the generation, removing its temporary directory.
     pub fn abort(&self) {
         let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Tests widen the window between publishing a generation and pointing `latest` at it
+/// (a slow `fsync` on a busy or remote filesystem) with `TORPOR_STORE_TEST_PAUSE_MS`.
+#[cfg(test)]
+fn test_pause() {
+    if let Some(ms) = std::env::var("TORPOR_STORE_TEST_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+#[cfg(not(test))]
+fn test_pause() {}
+
+/// This process's start time (clock ticks after boot, `/proc/self/stat` field 22): with
+/// the pid, it names the writer of a temporary. A restored program has the pid of the
+/// original (which may still run on a node that was given up, writing to the same store)
+/// but never its start time.
+fn start_token() -> u64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The exclusive commit lock of a store, released when dropped (or when the process
+/// dies). Its file holds the fence: the highest attempt that committed, in decimal.
+struct CommitLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl CommitLock {
+    fn take(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(COMMIT_LOCK);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc_o_cloexec() | libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io(&path, "open commit lock"))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { file, path }),
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Locked {
+                        path,
+                        secs: LOCK_WAIT.as_secs(),
+                    })
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io(&path, "flock")(e)),
+            }
+        }
+    }
+
+    /// The highest attempt that committed, if any did since fences exist.
+    fn fence(&mut self) -> Result<Option<u32>, StoreError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut s = String::new();
+        self.file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| self.file.read_to_string(&mut s))
+            .map_err(io(&self.path, "read fence"))?;
+        Ok(s.trim().parse().ok())
+    }
+
+    fn set_fence(&mut self, attempt: u32) -> Result<(), StoreError> {
+        use std::io::{Seek, SeekFrom};
+        let text = format!("{attempt}\n");
+        self.file
+            .set_len(0)
+            .and_then(|_| self.file.seek(SeekFrom::Start(0)))
+            .and_then(|_| self.file.write_all(text.as_bytes()))
+            .and_then(|_| self.file.sync_all())
+            .map_err(io(&self.path, "write fence"))
+    }
+}
+
+impl Drop for CommitLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
     }
 }
 
@@ -639,5 +780,112 @@ mod tests {
             })
         ));
         assert_eq!(s.latest(), Some(1));
+    }
+
+    /// Run by [`concurrent_older_attempt_never_commits_after_newer`] in a child process
+    /// (`TORPOR_STORE_COMMITTER=DIR:ATTEMPT:COUNT`); does nothing in a plain test run.
+    /// Waits for `DIR.go`, then begins and commits COUNT times; attempt 1 creates
+    /// `DIR.newer` after its first successful commit, attempt 0 prints `late GEN` for
+    /// every commit that succeeded although `DIR.newer` existed when it began committing.
+    #[test]
+    fn committer_child() {
+        let Ok(spec) = std::env::var("TORPOR_STORE_COMMITTER") else {
+            return;
+        };
+        let mut it = spec.rsplitn(3, ':');
+        let count: u32 = it.next().unwrap().parse().unwrap();
+        let attempt: u32 = it.next().unwrap().parse().unwrap();
+        let dir = PathBuf::from(it.next().unwrap());
+        let flag = |ext: &str| PathBuf::from(format!("{}.{ext}", dir.display()));
+        while !flag("go").exists() {
+            std::thread::yield_now();
+        }
+        let s = Store::new(&dir);
+        for _ in 0..count {
+            let Ok(p) = s.begin(attempt) else { continue };
+            let newer_before = flag("newer").exists();
+            match p.commit(manifest()) {
+                Ok(_) if attempt == 1 => {
+                    let _ = fs::write(flag("newer"), b"");
+                }
+                Ok(g) if newer_before => println!("late {}", g.display()),
+                _ => {}
+            }
+        }
+    }
+
+    /// A stale writer (attempt 0, e.g. a node still running after the requeue) and the
+    /// resumed program (attempt 1, slow to publish) commit
+    /// concurrently into one store from two processes, over and over: once an attempt-1
+    /// commit has returned, no attempt-0 commit may succeed, and at the end `latest` is
+    /// attempt 1's, no attempt-0 generation lies above attempt 1's first, and every
+    /// complete generation has its manifest.
+    #[test]
+    fn concurrent_older_attempt_never_commits_after_newer() {
+        if std::env::var_os("TORPOR_STORE_COMMITTER").is_some() {
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        for round in 0..6 {
+            let s = Store::new(tmp(&format!("race-{round}")));
+            let flag = |ext: &str| PathBuf::from(format!("{}.{ext}", s.dir().display()));
+            let _ = fs::remove_file(flag("go"));
+            let _ = fs::remove_file(flag("newer"));
+            s.begin(0).unwrap().commit(manifest()).unwrap();
+            let spawn = |attempt: u32, count: u32| {
+                let mut c = std::process::Command::new(&exe);
+                if attempt == 1 {
+                    // A slow publication: the window the old check-then-rename left open.
+                    c.env("TORPOR_STORE_TEST_PAUSE_MS", "15");
+                }
+                c.args([
+                    "--exact",
+                    "store::tests::committer_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    "TORPOR_STORE_COMMITTER",
+                    format!("{}:{attempt}:{count}", s.dir().display()),
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+            };
+            let stale = spawn(0, 300);
+            let newer = spawn(1, 10);
+            fs::write(flag("go"), b"").unwrap();
+            let stale = stale.wait_with_output().unwrap();
+            let newer = newer.wait_with_output().unwrap();
+            assert!(stale.status.success() && newer.status.success());
+            let late: Vec<String> = String::from_utf8_lossy(&stale.stdout)
+                .lines()
+                .filter(|l| l.starts_with("late "))
+                .map(str::to_owned)
+                .collect();
+            assert!(
+                late.is_empty(),
+                "round {round}: attempt 0 committed after attempt 1 had: {late:?}"
+            );
+            assert!(
+                flag("newer").exists(),
+                "round {round}: attempt 1 never committed"
+            );
+            let latest = s.latest().unwrap();
+            assert_eq!(s.manifest(latest).unwrap().attempt, 1, "round {round}");
+            let gens = s.generations().unwrap();
+            let attempts: Vec<(u64, u32)> = gens
+                .iter()
+                .map(|&g| (g, s.manifest(g).unwrap().attempt))
+                .collect();
+            let first1 = attempts.iter().find(|(_, a)| *a == 1).unwrap().0;
+            assert!(
+                attempts.iter().all(|&(g, a)| g <= first1 || a == 1),
+                "round {round}: an attempt-0 generation above attempt 1's {first1}: {attempts:?}"
+            );
+            fs::remove_dir_all(s.dir()).unwrap();
+            let _ = fs::remove_file(flag("go"));
+            let _ = fs::remove_file(flag("newer"));
+        }
     }
 }
