@@ -67,6 +67,8 @@ pub struct Scenario<'a> {
     script: Script<'a>,
     ready: Ready,
     ending: Ending,
+    /// What the batch script prints after the counter's output.
+    tail: &'a str,
 }
 
 impl<'a> Scenario<'a> {
@@ -81,6 +83,7 @@ impl<'a> Scenario<'a> {
             script: Box::new(|cmd| format!("#!/bin/bash\n{cmd}\n")),
             ready: Ready::Checkpointed(14),
             ending: Ending::Uninterrupted,
+            tail: "",
         }
     }
 
@@ -97,6 +100,13 @@ impl<'a> Scenario<'a> {
 
     pub fn ending(mut self, e: Ending) -> Self {
         self.ending = e;
+        self
+    }
+
+    /// Lines the script prints after the counter (the expected output is the
+    /// uninterrupted counter's followed by these).
+    pub fn output_tail(mut self, tail: &'a str) -> Self {
+        self.tail = tail;
         self
     }
 
@@ -152,7 +162,7 @@ impl<'a> Scenario<'a> {
         check_output(
             &mut ck,
             "job output file",
-            ctx.reference(self.steps),
+            &format!("{}{}", ctx.reference(self.steps), self.tail),
             &ctx.c.read_output(job).unwrap_or_default(),
         );
         check_images_removed(&mut ck, &dirs);

@@ -304,6 +304,74 @@ fn checkpoint_tree(ctx: &Ctx) {
         });
 }
 
+/// A statically linked program in a checkpointed batch step never loads the agent, so the
+/// job-wide request signal of `torpor checkpoint JOBID` would kill it (ADR 0007). Started
+/// with the signal ignored (`trap '' "$TORPOR_SIGNAL"; exec`, as slurm.md advises) it
+/// survives the request and exits 0, while the counter commits a generation and ends like
+/// an uninterrupted run. The same program started plainly shows what the trap prevents:
+/// it dies of the request.
+fn checkpoint_spares_ignoring_static(ctx: &Ctx) {
+    let dir = ctx.c.work_dir();
+    let static_bin = build_static_sleeper(&dir);
+    let script = move |cmd: &str| {
+        format!(
+            "#!/bin/bash\n\
+             ( trap '' \"$TORPOR_SIGNAL\"; exec {s} 25 ) &\n\
+             p1=$!\n\
+             {s} 25 &\n\
+             p2=$!\n\
+             {cmd}\n\
+             wait $p1; echo \"ignoring static exit $?\"\n\
+             wait $p2; echo \"plain static killed by the request: $(( $? == 128 + TORPOR_SIGNAL ))\"\n",
+            s = static_bin.display()
+        )
+    };
+    Scenario::new(ctx, "static", 40, &["--checkpoint=1h"])
+        .script(script)
+        .ready(Ready::Running(5))
+        .ending(Ending::Uninterrupted)
+        .output_tail("ignoring static exit 0\nplain static killed by the request: 1\n")
+        .run(|r| {
+            let out = torpor_user(ctx, &["checkpoint", &r.job.to_string(), "--json"]);
+            let v = parse_json(&out, "torpor checkpoint --json");
+            r.ck.check(
+                out.ok()
+                    && v["programs"].as_array().is_some_and(|p| p.len() == 1)
+                    && v["programs"][0]["result"] == "committed",
+                format!("the counter (the only program) committed: {v}"),
+            );
+            let state = ctx.c.job_state(r.job).ok().flatten().unwrap_or_default();
+            r.ck.check(
+                state == "RUNNING",
+                format!("job still running after the checkpoint: {state}"),
+            );
+        });
+}
+
+/// Compiles a statically linked program that sleeps ARGV[1] seconds, prints nothing and
+/// exits 0 (it cannot load the agent).
+fn build_static_sleeper(dir: &Path) -> PathBuf {
+    let src = dir.join("static_sleep.c");
+    std::fs::write(
+        &src,
+        "#include <stdlib.h>\n#include <unistd.h>\n\
+         int main(int c, char **v) { int n = c > 1 ? atoi(v[1]) : 1; \
+         while (n-- > 0) sleep(1); return 0; }\n",
+    )
+    .expect("write static_sleep.c");
+    let bin = dir.join("static_sleep");
+    let out = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("cc runs");
+    assert!(out.status.success(), "cc -static failed: {out:?}");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    bin
+}
+
 /// Refusals are Slurm's, reported with the command and Slurm's words; a job without
 /// checkpointing is never signalled by `torpor checkpoint`.
 fn refusals(ctx: &Ctx) {
@@ -552,6 +620,10 @@ fn slurm_ops() {
     let all: &[Case<'_, Ctx>] = &[
         ("checkpoint_keeps_running", &checkpoint_keeps_running),
         ("checkpoint_tree", &checkpoint_tree),
+        (
+            "checkpoint_spares_ignoring_static",
+            &checkpoint_spares_ignoring_static,
+        ),
         ("vacate_resumes", &vacate_resumes),
         ("refusals", &refusals),
         ("drain_node", &drain_node),
