@@ -801,7 +801,15 @@ mod tests {
             std::thread::yield_now();
         }
         let s = Store::new(&dir);
+        let mut after_newer_finished = 0;
         for _ in 0..count {
+            // The stale writer keeps trying a few times after the newer one is done.
+            if flag("finished").exists() {
+                after_newer_finished += 1;
+                if after_newer_finished > 5 {
+                    break;
+                }
+            }
             let Ok(p) = s.begin(attempt) else { continue };
             let newer_before = flag("newer").exists();
             match p.commit(manifest()) {
@@ -811,6 +819,9 @@ mod tests {
                 Ok(g) if newer_before => println!("late {}", g.display()),
                 _ => {}
             }
+        }
+        if attempt == 1 {
+            let _ = fs::write(flag("finished"), b"");
         }
     }
 
@@ -831,6 +842,7 @@ mod tests {
             let flag = |ext: &str| PathBuf::from(format!("{}.{ext}", s.dir().display()));
             let _ = fs::remove_file(flag("go"));
             let _ = fs::remove_file(flag("newer"));
+            let _ = fs::remove_file(flag("finished"));
             s.begin(0).unwrap().commit(manifest()).unwrap();
             let spawn = |attempt: u32, count: u32| {
                 let mut c = std::process::Command::new(&exe);
@@ -884,8 +896,9 @@ mod tests {
                 "round {round}: an attempt-0 generation above attempt 1's {first1}: {attempts:?}"
             );
             fs::remove_dir_all(s.dir()).unwrap();
-            let _ = fs::remove_file(flag("go"));
-            let _ = fs::remove_file(flag("newer"));
+            for f in ["go", "newer", "finished"] {
+                let _ = fs::remove_file(flag(f));
+            }
         }
     }
 }
