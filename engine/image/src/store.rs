@@ -20,7 +20,8 @@
 //! under an exclusive `flock` of `.commit.lock`, whose content is the fence; a newer
 //! attempt raises it before publishing. On NFS the Linux client turns `flock` into a
 //! server-side lock and revalidates the locked file's data when it is taken, so the
-//! fence holds across nodes (not on mounts with `nolock`, where locks are node-local).
+//! fence holds across nodes (not on mounts with `nolock`, where locks are node-local, nor
+//! on a filesystem without `flock`, where the commit runs unlocked).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -610,6 +611,17 @@ impl CommitLock {
                         path,
                         secs: LOCK_WAIT.as_secs(),
                     })
+                }
+                // A filesystem without flock (Lustre mounted without `flock`): commits go
+                // on as before the lock existed, the fence checked and raised but not
+                // atomically with the publication. Refusing would stop checkpointing.
+                Err(fs::TryLockError::Error(e))
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOSYS | libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL)
+                    ) =>
+                {
+                    return Ok(Self { file, path })
                 }
                 Err(fs::TryLockError::Error(e)) => return Err(io(&path, "flock")(e)),
             }
