@@ -312,7 +312,6 @@ impl Store {
     /// of ours that was cut off before it could clean up; only one round runs at a time).
     pub fn clean_temporaries(&self) {
         let newest = self.generations().ok().and_then(|g| g.last().copied());
-        let me = start_token();
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return;
         };
@@ -329,17 +328,19 @@ impl Store {
             let Some(rest) = name.strip_prefix(".tmp-gen-") else {
                 continue;
             };
-            // `<gen>-<pid>-<start>` (or `<gen>-<pid>` from older writers): the writer is
-            // this process only if both match (a restored program has the original's pid).
+            // `<gen>-<pid>-<start>` (or `<gen>-<pid>` from older writers). Any temporary
+            // with our pid goes, also one of an earlier incarnation of this program (a
+            // restored program has the original's pid and a new start time): its writer
+            // is dead, unless it runs on a node that was given up, whose round is lost
+            // anyway.
             let mut parts = rest.splitn(3, '-');
             let gen = parts.next().and_then(|g| g.parse::<u64>().ok());
             let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
-            let start = parts.next().map(|s| s.parse::<u64>().ok());
-            let stale = match (gen, pid, start) {
-                (Some(_), Some(_), Some(None)) => true,
-                (Some(g), Some(p), start) => {
+            let start_ok = parts.next().is_none_or(|s| s.parse::<u64>().is_ok());
+            let stale = match (gen, pid) {
+                (Some(g), Some(p)) if start_ok => {
                     newest.is_some_and(|n| g <= n)
-                        || (p == std::process::id() && start.flatten().is_none_or(|s| s == me))
+                        || p == std::process::id()
                         || !Path::new(&format!("/proc/{p}")).exists()
                 }
                 _ => true,
@@ -568,9 +569,10 @@ fn test_pause() {
 fn test_pause() {}
 
 /// This process's start time (clock ticks after boot, `/proc/self/stat` field 22): with
-/// the pid, it names the writer of a temporary. A restored program has the pid of the
-/// original (which may still run on a node that was given up, writing to the same store)
-/// but never its start time.
+/// the pid, it names a temporary, so that two writers with the same pid never write into
+/// one directory (a restored program has the pid of the original, which may still run on
+/// a node that was given up, writing to the same store; `begin` empties a temporary of its
+/// own name).
 fn start_token() -> u64 {
     let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
