@@ -10,7 +10,7 @@ TEST_USER=${TORPOR_TEST_USER:-torpor-test}
 # redirect the first one's images.
 TEST_USER2=${TORPOR_TEST_USER2:-torpor-test2}
 PACKAGES=(slurmctld slurmd slurm-client libslurm-dev munge libclang-dev clang
-          python3 perl sqlite3 rpm binutils gcc g++ make util-linux procps)
+          python3 perl sqlite3 rpm binutils gcc g++ libc6-dev make util-linux procps)
 
 SUDO=
 if [ "$(id -u)" -ne 0 ]; then
