@@ -9,9 +9,10 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let dst = out.join("torpor-restore-stage2");
-    println!("cargo:rerun-if-changed=stage2/main.rs");
+    println!("cargo:rerun-if-changed=stage2");
     println!("cargo:rerun-if-changed=../core/src/plan.rs");
     println!("cargo:rerun-if-changed=../core/src/lz4.rs");
+    println!("cargo:rerun-if-changed=../core/src/rawclone.rs");
     let status = Command::new(rustc)
         .args([
             "--edition=2021",

@@ -5,5 +5,6 @@ pub mod capture;
 pub mod lz4;
 pub mod plan;
 pub mod procmaps;
+pub mod rawclone;
 pub mod records;
 pub mod restore;

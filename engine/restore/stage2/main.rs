@@ -17,8 +17,17 @@ mod plan;
 #[path = "../../core/src/lz4.rs"]
 mod lz4;
 
-use core::arch::{asm, naked_asm};
+#[path = "../../core/src/rawclone.rs"]
+mod rawclone;
+
+mod fill;
+mod sys;
+
+use core::arch::naked_asm;
+use fill::{fill_all, huge_pages_for};
 use plan::*;
+use rawclone::raw_clone;
+use sys::{check, die, nr, sc, write2};
 
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 const MAP_PRIVATE: u64 = 2;
@@ -27,7 +36,7 @@ const MAP_ANON: u64 = 0x20;
 const MAP_GROWSDOWN: u64 = 0x100;
 const MAP_NORESERVE: u64 = 0x4000;
 const PROT_RW: u64 = 3;
-const MADV_POPULATE_WRITE: u64 = 23;
+pub(crate) const MADV_POPULATE_WRITE: u64 = 23;
 
 #[repr(C, align(16))]
 struct Stack([u8; 65536]);
@@ -39,141 +48,6 @@ unsafe extern "C" {
     static _end: u8;
 }
 
-#[inline(always)]
-unsafe fn sc(n: u64, a: u64, b: u64, c: u64, d: u64, e: u64, f: u64) -> i64 {
-    let ret: i64;
-    // SAFETY: raw system call; the caller passes valid arguments for syscall `n`.
-    unsafe {
-        asm!("syscall", inlateout("rax") n as i64 => ret, in("rdi") a, in("rsi") b, in("rdx") c,
-             in("r10") d, in("r8") e, in("r9") f, lateout("rcx") _, lateout("r11") _,
-             options(nostack));
-    }
-    ret
-}
-
-mod nr {
-    pub const READ: u64 = 0;
-    pub const WRITE: u64 = 1;
-    pub const OPEN: u64 = 2;
-    pub const CLOSE: u64 = 3;
-    pub const MMAP: u64 = 9;
-    pub const MPROTECT: u64 = 10;
-    pub const MUNMAP: u64 = 11;
-    pub const MADVISE: u64 = 28;
-    pub const EXIT: u64 = 60;
-    pub const SCHED_YIELD: u64 = 24;
-    pub const TKILL: u64 = 200;
-    pub const FUTEX: u64 = 202;
-    pub const RT_SIGACTION: u64 = 13;
-    pub const RT_SIGPROCMASK: u64 = 14;
-    pub const PREAD: u64 = 17;
-    pub const MREMAP: u64 = 25;
-    pub const EXIT_GROUP: u64 = 231;
-    pub const FCNTL: u64 = 72;
-    pub const FTRUNCATE: u64 = 77;
-    pub const LSEEK: u64 = 8;
-    pub const PRCTL: u64 = 157;
-    pub const ARCH_PRCTL: u64 = 158;
-    pub const GETTID: u64 = 186;
-    pub const SET_TID_ADDRESS: u64 = 218;
-    pub const SET_ROBUST_LIST: u64 = 273;
-    pub const MEMFD_CREATE: u64 = 319;
-    pub const RSEQ: u64 = 334;
-    pub const SETITIMER: u64 = 38;
-    pub const CAPSET: u64 = 126;
-    pub const TIMER_CREATE: u64 = 222;
-    pub const TIMER_SETTIME: u64 = 223;
-}
-
-fn write2(s: &[u8]) {
-    // SAFETY: writes a valid buffer to stderr.
-    unsafe { sc(nr::WRITE, 2, s.as_ptr() as u64, s.len() as u64, 0, 0, 0) };
-}
-
-fn hex(mut v: u64, out: &mut [u8; 18]) -> &[u8] {
-    let mut i = out.len();
-    loop {
-        i -= 1;
-        out[i] = b"0123456789abcdef"[(v & 15) as usize];
-        v >>= 4;
-        if v == 0 {
-            break;
-        }
-    }
-    i -= 1;
-    out[i] = b'x';
-    i -= 1;
-    out[i] = b'0';
-    &out[i..]
-}
-
-fn die(what: &[u8], v: i64) -> ! {
-    let mut b = [0u8; 18];
-    write2(b"torpor-restore: fatal: ");
-    write2(what);
-    write2(b" (");
-    write2(hex(v as u64, &mut b));
-    write2(b")\n");
-    // SAFETY: ends the process.
-    unsafe { sc(nr::EXIT_GROUP, 127, 0, 0, 0, 0, 0) };
-    loop {}
-}
-
-fn check(what: &[u8], r: i64) -> i64 {
-    if r < 0 && r > -4096 {
-        die(what, r);
-    }
-    r
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees both ranges are valid for n bytes.
-    unsafe { asm!("rep movsb", inout("rcx") n => _, inout("rdi") d => _, inout("rsi") s => _, options(nostack)) };
-    d
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
-    if (d as usize) < (s as usize) || (d as usize) >= (s as usize).wrapping_add(n) {
-        // SAFETY: forward copy is correct when the destination is below the source or
-        // the ranges do not overlap.
-        unsafe { memcpy(d, s, n) }
-    } else {
-        let mut i = n;
-        while i > 0 {
-            i -= 1;
-            // SAFETY: i < n; ranges valid per caller.
-            unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
-        }
-        d
-    }
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memset(d: *mut u8, c: i32, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees d is valid for n bytes.
-    unsafe { asm!("rep stosb", inout("rcx") n => _, inout("rdi") d => _, in("al") c as u8, options(nostack)) };
-    d
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    for i in 0..n {
-        // SAFETY: i < n; ranges valid per caller.
-        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
-        if x != y {
-            return x as i32 - y as i32;
-        }
-    }
-    0
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    // SAFETY: forwarded contract.
-    unsafe { memcmp(a, b, n) }
-}
 
 /// libcore is precompiled with unwinding and references this symbol; with
 /// `panic=abort` nothing ever calls it.
@@ -216,28 +90,6 @@ unsafe extern "C" fn ctx_restore(ctx: u64) -> ! {
     )
 }
 
-/// clone(flags, stack, ptid, ctid, tls) running `f(arg)` on the new stack in the child.
-#[unsafe(naked)]
-unsafe extern "C" fn rclone(flags: u64, stack: u64, ptid: u64, ctid: u64, tls: u64, f: u64, arg: u64) -> i64 {
-    naked_asm!(
-        "mov rax, [rsp + 8]",
-        "sub rsi, 16",
-        "mov [rsi + 8], rax",
-        "mov [rsi], r9",
-        "mov r10, rcx",
-        "mov eax, 56",
-        "syscall",
-        "test rax, rax",
-        "jnz 2f",
-        "pop rax",
-        "pop rdi",
-        "and rsp, -16",
-        "call rax",
-        "ud2",
-        "2: ret",
-    )
-}
-
 /// clone3(args, size) running `f(arg)` in the child (stack given in args).
 #[unsafe(naked)]
 unsafe extern "C" fn rclone3(args: u64, size: u64, f: u64, arg: u64) -> i64 {
@@ -266,12 +118,12 @@ struct MmMap {
 
 static mut HDR: *const PlanHeader = core::ptr::null();
 
-fn hdr() -> &'static PlanHeader {
+pub(crate) fn hdr() -> &'static PlanHeader {
     // SAFETY: set once in rmain before any use; points into the read-only plan mapping.
     unsafe { &*HDR }
 }
 
-fn table<T>(off: u64, n: u64) -> &'static [T] {
+pub(crate) fn table<T>(off: u64, n: u64) -> &'static [T] {
     // SAFETY: stage 1 wrote `n` records of T at `off` inside the plan mapping.
     unsafe { core::slice::from_raw_parts((PLAN_ADDR + off) as *const T, n as usize) }
 }
@@ -400,150 +252,6 @@ fn move_vdso(sp: &Special) {
             h.vvar_start + (a - sp.vvar.0)
         };
         mremap_to(PARK_ADDR + (a - base), b - a, to);
-    }
-}
-
-/// Reads `len` bytes at file offset `off` of the image into `to`.
-fn pread_full(to: u64, len: u64, off: u64) {
-    let fd = hdr().image_fd as u64;
-    let mut done = 0u64;
-    while done < len {
-        // SAFETY: the destination is mapped writable by the caller for `len` bytes.
-        let n = unsafe { sc(nr::PREAD, fd, to + done, len - done, off + done, 0, 0) };
-        if n <= 0 {
-            die(b"reading the image", n);
-        }
-        done += n as u64;
-    }
-}
-
-/// Fills extents `[from, to)` of the plan (all regions mapped writable), using the
-/// scratch buffer at `scratch` for compressed ones.
-fn fill_extents(from: usize, to: usize, scratch: u64) {
-    let h = hdr();
-    let ext: &[PlanExtent] = table(h.extents_off, h.nextents);
-    for e in &ext[from..to] {
-        // Allocate the extent's pages in one call rather than one fault per page (a
-        // fault costs ~1 us in a VM; failure, e.g. an older kernel, just means faults).
-        // SAFETY: MADV_POPULATE_WRITE on part of a region mapped writable.
-        unsafe { sc(nr::MADVISE, e.vaddr, e.len, MADV_POPULATE_WRITE, 0, 0, 0) };
-        match e.codec {
-            CODEC_RAW => pread_full(e.vaddr, e.len, e.file_off),
-            CODEC_LZ4 => {
-                if e.stored_len > h.scratch_len {
-                    die(b"compressed chunk larger than the scratch buffer", e.vaddr as i64);
-                }
-                pread_full(scratch, e.stored_len, e.file_off);
-                // SAFETY: the scratch buffer holds stored_len bytes just read; the
-                // destination lies inside a region mapped writable for `len` bytes.
-                let (src, dst) = unsafe {
-                    (
-                        core::slice::from_raw_parts(scratch as *const u8, e.stored_len as usize),
-                        core::slice::from_raw_parts_mut(e.vaddr as *mut u8, e.len as usize),
-                    )
-                };
-                if lz4::decode_block(src, dst) != Some(e.len as usize) {
-                    die(b"decoding a compressed chunk", e.vaddr as i64);
-                }
-            }
-            _ => die(b"unknown chunk codec", e.codec as i64),
-        }
-    }
-}
-
-const HUGE: u64 = 2 << 20;
-const MADV_HUGEPAGE: u64 = 14;
-
-/// Marks the 2 MiB-aligned stretches of region `r` that its saved extents cover entirely
-/// `MADV_HUGEPAGE`, so that filling them allocates 2 MiB pages (one allocation and one
-/// clear instead of 512 faults). Only stretches whose every page is saved: this never
-/// makes the program use more memory than at the checkpoint. The mark splits the VMA
-/// and stays (`hg` in smaps) for those stretches.
-fn huge_pages_for(r: &PlanRegion) {
-    let h = hdr();
-    let ext: &[PlanExtent] = table(h.extents_off, h.nextents);
-    let mine = &ext[r.first_extent as usize..(r.first_extent + r.nextents) as usize];
-    let mut i = 0;
-    while i < mine.len() {
-        let start = mine[i].vaddr;
-        let mut end = start + mine[i].len;
-        i += 1;
-        while i < mine.len() && mine[i].vaddr == end {
-            end += mine[i].len;
-            i += 1;
-        }
-        let (a, b) = ((start + HUGE - 1) & !(HUGE - 1), end & !(HUGE - 1));
-        if b > a {
-            // SAFETY: advice on part of our own, just mapped region; a failure (THP
-            // disabled) only means 4 KiB pages.
-            unsafe { sc(nr::MADVISE, a, b - a, MADV_HUGEPAGE, 0, 0, 0) };
-        }
-    }
-}
-
-/// Below this many bytes of pages, one thread fills everything.
-const PARALLEL_MIN: u64 = 64 << 20;
-
-#[repr(C, align(16))]
-struct HelperStack([u8; 65536]);
-static mut HELPER_STACK: HelperStack = HelperStack([0; 65536]);
-/// The helper's tid while it runs: set by the kernel at clone (PARENT_SETTID), cleared
-/// and futex-woken when it exits (CHILD_CLEARTID).
-static mut HELPER_TID: i32 = 0;
-
-extern "C" fn helper_entry(range: u64) -> ! {
-    let (from, to) = ((range >> 32) as usize, (range & 0xffff_ffff) as usize);
-    fill_extents(from, to, SCRATCH_ADDR + hdr().scratch_len);
-    // SAFETY: ends this thread only (exit, not exit_group).
-    unsafe { sc(nr::EXIT, 0, 0, 0, 0, 0, 0) };
-    loop {}
-}
-
-/// Fills every extent: the page copies and decoding are split by bytes between this
-/// thread and one helper thread (restore is bound by page allocation and copying, and
-/// the machines have two or more cores). The helper is gone when this returns.
-fn fill_all() {
-    let h = hdr();
-    let ext: &[PlanExtent] = table(h.extents_off, h.nextents);
-    let n = ext.len();
-    let total: u64 = ext.iter().map(|e| e.len).sum();
-    if h.fill_threads < 2 || total < PARALLEL_MIN || n < 2 || n > u32::MAX as usize {
-        fill_extents(0, n, SCRATCH_ADDR);
-        return;
-    }
-    let (mut k, mut acc) = (0usize, 0u64);
-    while k < n && acc * 2 < total {
-        acc += ext[k].len;
-        k += 1;
-    }
-    // CLONE_VM|FS|FILES|SIGHAND|THREAD|SYSVSEM|PARENT_SETTID|CHILD_CLEARTID: a plain
-    // thread on its own stack; it shares this thread's (unused) TLS pointer.
-    let flags: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x100000 | 0x200000;
-    let tid_addr = core::ptr::addr_of_mut!(HELPER_TID) as u64;
-    let stack_top = core::ptr::addr_of_mut!(HELPER_STACK) as u64 + 65536;
-    // SAFETY: the helper runs `helper_entry` on its own static stack and touches only
-    // the extents [k, n) and the second half of the scratch buffer.
-    let r = unsafe { rclone(flags, stack_top, tid_addr, tid_addr, 0, helper_entry as *const () as u64, ((k as u64) << 32) | n as u64) };
-    if r < 0 {
-        fill_extents(0, n, SCRATCH_ADDR);
-        return;
-    }
-    fill_extents(0, k, SCRATCH_ADDR);
-    loop {
-        // SAFETY: reads the word the kernel clears when the helper exits.
-        let t = unsafe { core::ptr::read_volatile(tid_addr as *const i32) };
-        if t == 0 {
-            break;
-        }
-        // SAFETY: FUTEX_WAIT(0) on our own word while it still holds the tid.
-        unsafe { sc(nr::FUTEX, tid_addr, 0, t as u64, 0, 0, 0) };
-    }
-    // The tid may stay allocated a moment after the clear; a thread restored with
-    // set_tid could need that very number.
-    // SAFETY: tkill with signal 0 only checks whether the tid exists.
-    while unsafe { sc(nr::TKILL, r as u64, 0, 0, 0, 0, 0) } == 0 {
-        // SAFETY: yields the CPU.
-        unsafe { sc(nr::SCHED_YIELD, 0, 0, 0, 0, 0, 0) };
     }
 }
 
@@ -798,7 +506,7 @@ unsafe extern "C" fn rmain(sp: *const u64) -> ! {
                 };
                 rclone3(&ca as *const CloneArgs as u64, core::mem::size_of::<CloneArgs>() as u64, thread_entry as *const () as u64, i as u64)
             } else {
-                rclone(flags, stack + THREAD_STACK, t.clear_tid, t.clear_tid, t.fs_base, thread_entry as *const () as u64, i as u64)
+                raw_clone(flags, stack + THREAD_STACK, t.clear_tid, t.clear_tid, t.fs_base, thread_entry as *const () as u64, i as u64)
             }
         };
         check(b"cloning a thread", r);

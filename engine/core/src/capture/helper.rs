@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use torpor_image::container::Compressor;
 
+use crate::rawclone::raw_clone;
+
 const IDLE: u32 = 0;
 const WORK: u32 = 1;
 const DONE: u32 = 2;
@@ -65,36 +67,6 @@ fn futex_wake(word: *const u32) {
             0u32,
         )
     };
-}
-
-/// clone(flags, stack, ptid, ctid, tls) that runs `f(arg)` on the new stack in the child.
-#[unsafe(naked)]
-unsafe extern "C" fn raw_clone(
-    flags: u64,
-    stack: u64,
-    ptid: u64,
-    ctid: u64,
-    tls: u64,
-    f: u64,
-    arg: u64,
-) -> i64 {
-    core::arch::naked_asm!(
-        "mov rax, [rsp + 8]",
-        "sub rsi, 16",
-        "mov [rsi + 8], rax",
-        "mov [rsi], r9",
-        "mov r10, rcx",
-        "mov eax, 56",
-        "syscall",
-        "test rax, rax",
-        "jnz 2f",
-        "pop rax",
-        "pop rdi",
-        "and rsp, -16",
-        "call rax",
-        "ud2",
-        "2: ret",
-    )
 }
 
 extern "C" fn helper_main(sh: *mut Shared) -> ! {
