@@ -15,6 +15,7 @@
 mod plan;
 
 #[path = "../../core/src/lz4.rs"]
+#[allow(dead_code)]
 mod lz4;
 
 #[path = "../../core/src/rawclone.rs"]

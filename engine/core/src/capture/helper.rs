@@ -1,5 +1,6 @@
 //! Capture, compression helper: one extra thread in the writer child that LZ4-encodes
-//! every other chunk, so that compression uses two cores while one thread writes.
+//! every other chunk, and scans half of each window of pages for zero and one-word pages
+//! (see `PageSink::push_run`), so that both use two cores while one thread writes.
 //!
 //! The writer child is a raw `clone` of a process whose parked threads may hold glibc's
 //! locks, and the agent's child allocator is not thread-safe. So the helper is created
@@ -19,6 +20,7 @@ const IDLE: u32 = 0;
 const WORK: u32 = 1;
 const DONE: u32 = 2;
 const EXIT: u32 = 3;
+const SCAN: u32 = 4;
 const STACK_LEN: usize = 1 << 20;
 
 /// State shared with the helper thread (lives at a fixed heap address).
@@ -31,6 +33,8 @@ struct Shared {
     /// Result of the last job: (pointer into `lz4`'s buffer, length), or null.
     out: *const u8,
     out_len: usize,
+    /// Scan jobs: one entry per page of `data`, see [`scan_pages`].
+    words: *mut u64,
     lz4: Compressor,
 }
 
@@ -74,6 +78,18 @@ extern "C" fn helper_main(sh: *mut Shared) -> ! {
         // SAFETY: `sh` outlives the helper (freed only after it exited, see `stop`).
         let st = unsafe { &(*sh).state };
         match st.load(Ordering::Acquire) {
+            SCAN => {
+                // SAFETY: the writer set data/len to readable pages and `words` to one
+                // entry per page, and touches neither until it sees DONE.
+                unsafe {
+                    let s = &mut *sh;
+                    let data = std::slice::from_raw_parts(s.data, s.len);
+                    let words = std::slice::from_raw_parts_mut(s.words, s.len / PAGE);
+                    scan_pages(data, words);
+                }
+                st.store(DONE, Ordering::Release);
+                futex_wake(st.as_ptr());
+            }
             WORK => {
                 // SAFETY: the writer set data/len to a readable page run and does not
                 // touch `lz4`/`out` until it sees DONE.
@@ -112,6 +128,7 @@ impl Helper {
             len: 0,
             out: std::ptr::null(),
             out_len: 0,
+            words: std::ptr::null_mut(),
             lz4: Compressor::new(),
         }));
         // SAFETY: a fresh private mapping for the helper's stack.
@@ -170,8 +187,22 @@ impl Helper {
         }
     }
 
-    /// Waits for the job handed over by `submit`; returns its LZ4 block, if any. The
-    /// slice is valid until the next `submit`.
+    /// Hands a scan of `data` (whole pages, which must stay readable until `wait`) to the
+    /// helper, one result per page into `words` (untouched by the caller until `wait`).
+    pub(super) fn submit_scan(&mut self, data: &[u8], words: &mut [u64]) {
+        debug_assert_eq!(data.len() / PAGE, words.len());
+        // SAFETY: the helper is IDLE or DONE, so it does not read these fields now.
+        unsafe {
+            (*self.shared).data = data.as_ptr();
+            (*self.shared).len = words.len() * PAGE;
+            (*self.shared).words = words.as_mut_ptr();
+            (*self.shared).state.store(SCAN, Ordering::Release);
+            futex_wake((*self.shared).state.as_ptr());
+        }
+    }
+
+    /// Waits for the job handed over by `submit` (or `submit_scan`); returns its LZ4
+    /// block, if any. The slice is valid until the next `submit`.
     pub(super) fn wait(&mut self) -> Option<&[u8]> {
         // SAFETY: `shared` is live; after DONE the helper does not touch out/lz4.
         unsafe {
@@ -187,6 +218,35 @@ impl Helper {
             let s = &*self.shared;
             (!s.out.is_null()).then(|| std::slice::from_raw_parts(s.out, s.out_len))
         }
+    }
+}
+
+const PAGE: usize = crate::lz4::PAGE;
+/// [`scan_pages`]' entry for a page that does not repeat one 8-byte word. A page that
+/// repeats exactly this word is reported the same way (and simply stored like any other).
+pub(super) const NOT_WORD: u64 = 0x9b7e_5a3c_d1f0_4e26;
+
+/// Asks the CPU to start loading the cache lines at the start of `p`'s page.
+#[inline(always)]
+pub(super) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    for line in 0..16 {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is only a hint; it never faults, even on an unmapped address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line * 64) as *const i8) };
+    }
+}
+
+/// Classifies each page of `data`: `words[i]` is the word page `i` repeats (0 for an
+/// all-zero page), or [`NOT_WORD`].
+pub(super) fn scan_pages(data: &[u8], words: &mut [u64]) {
+    for (page, w) in data.chunks_exact(PAGE).zip(words.iter_mut()) {
+        // Prefetchers stop at page boundaries: ask for the start of the page after next.
+        prefetch(page.as_ptr().wrapping_add(2 * PAGE));
+        *w = match crate::lz4::repeated_word(page) {
+            Some(x) => x,
+            None => NOT_WORD,
+        };
     }
 }
 

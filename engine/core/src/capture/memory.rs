@@ -10,7 +10,7 @@ use torpor_image::store::Pending;
 use torpor_image::{ImageWriter, PAGE_SIZE};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::helper::Helper;
+use super::helper::{scan_pages, Helper, NOT_WORD};
 use super::{proc_err, shared_map_name, CaptureError, CaptureInput};
 use crate::procmaps::Vma;
 
@@ -110,13 +110,27 @@ pub(super) struct PageSink<'a> {
     /// A run (start, len) waiting for a partner: with the helper, runs are stored in
     /// pairs, the first compressed by the helper while this thread does the second.
     queued: Option<(u64, u64)>,
+    /// The word each page of the current run repeats, while every page does one (such a
+    /// run is encoded directly, see [`crate::lz4::encode_word_pages`]); cleared at the
+    /// first page that does not.
+    words: Vec<u64>,
+    words_ok: bool,
+    /// Output buffer for [`crate::lz4::encode_word_pages`].
+    word_block: Vec<u8>,
+    /// What `scan_pages` found for each page of the current window.
+    scan: Vec<u64>,
 }
 
-/// True if the page holds only zero bytes (OR over 32-byte blocks, which vectorizes).
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(32)
-        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
-}
+/// Pages classified at a time (8 MiB: two chunks).
+const SCAN_WINDOW: u64 = 2 * MAX_CHUNK / PAGE_SIZE;
+/// Windows shorter than this many pages are scanned by the writer alone.
+const SCAN_SPLIT_MIN: u64 = 64;
+
+/// Largest LZ4 block of a run of word pages (27 bytes a page, 13 at the end).
+const WORD_BLOCK_MAX: usize = (MAX_CHUNK as usize / PAGE_SIZE as usize) * 28 + 32;
+/// Word runs shorter than this are stored like any other run (the writer's rule: under
+/// 16 KiB, raw).
+const WORD_RUN_MIN: u64 = 16 << 10;
 
 impl PageSink<'_> {
     /// Bytes of the page at `addr` as they were at the pause.
@@ -152,16 +166,28 @@ impl PageSink<'_> {
             self.buf = data;
         } else if let (Some(h), true) = (self.helper.as_mut(), self.w.compressing()) {
             let (rs, rl) = (self.run_start, self.run_len);
+            let word_run = self.words_ok && rl >= WORD_RUN_MIN;
             if let Some((qs, ql)) = self.queued.take() {
                 let (a, b) = (mem(qs, ql), mem(rs, rl));
                 h.submit(a);
-                let eb = self.mine.encode(b);
+                let eb = if word_run {
+                    word_block(&self.words, &mut self.word_block)
+                } else {
+                    self.mine.encode(b)
+                };
                 let ea = h.wait();
                 self.w.add_encoded(qs, a, ea)?;
                 self.w.add_encoded(rs, b, eb)?;
+            } else if word_run {
+                let eb = word_block(&self.words, &mut self.word_block);
+                self.w.add_encoded(rs, mem(rs, rl), eb)?;
             } else {
                 self.queued = Some((rs, rl));
             }
+        } else if self.words_ok && self.run_len >= WORD_RUN_MIN && self.w.compressing() {
+            let eb = word_block(&self.words, &mut self.word_block);
+            self.w
+                .add_encoded(self.run_start, mem(self.run_start, self.run_len), eb)?;
         } else {
             self.w
                 .add_chunk(self.run_start, mem(self.run_start, self.run_len))?;
@@ -194,10 +220,66 @@ impl PageSink<'_> {
         Ok(())
     }
 
-    /// Adds the page at `addr` unless it is all zeros and `skip_zero`. Returns whether it
-    /// was stored.
-    fn push(&mut self, addr: u64, skip_zero: bool) -> Result<bool, CaptureError> {
-        if skip_zero && is_zero(self.page(addr)) {
+    /// Adds the `npages` pages from `start` (all of them pages to save, bar all-zero
+    /// ones when `skip_zero`); returns how many were stored and how many were zero. The
+    /// pages are classified (zero, one repeated word, other) a window at a time, half of
+    /// each window by the helper thread.
+    fn push_run(
+        &mut self,
+        start: u64,
+        npages: u64,
+        skip_zero: bool,
+    ) -> Result<(u64, u64), CaptureError> {
+        let (mut saved, mut zero) = (0, 0);
+        let mut words = std::mem::take(&mut self.scan);
+        let mut a = start;
+        let end = start + npages * PAGE_SIZE;
+        while a < end {
+            let n = ((end - a) / PAGE_SIZE).min(SCAN_WINDOW);
+            let len = n * PAGE_SIZE;
+            words.resize(n as usize, 0);
+            let (vs, ve) = self.volatile;
+            let touched = self
+                .patch
+                .is_some_and(|(pa, pb)| a < pa + pb.len() as u64 && pa < a + len)
+                || (a < ve && vs < a + len);
+            if touched {
+                for (i, w) in words.iter_mut().enumerate() {
+                    let page = self.page(a + i as u64 * PAGE_SIZE);
+                    *w = crate::lz4::repeated_word(page).unwrap_or(NOT_WORD);
+                }
+            } else if let (Some(h), true) = (self.helper.as_mut(), n >= SCAN_SPLIT_MIN) {
+                let half = n / 2;
+                let (wa, wb) = words.split_at_mut(half as usize);
+                h.submit_scan(mem(a, half * PAGE_SIZE), wa);
+                scan_pages(mem(a + half * PAGE_SIZE, (n - half) * PAGE_SIZE), wb);
+                h.wait();
+            } else {
+                scan_pages(mem(a, len), &mut words);
+            }
+            for (i, &w) in words.iter().enumerate() {
+                let word = (w != NOT_WORD).then_some(w);
+                if self.push_word(a + i as u64 * PAGE_SIZE, word, skip_zero)? {
+                    saved += 1;
+                } else {
+                    zero += 1;
+                }
+            }
+            a += len;
+        }
+        self.scan = words;
+        Ok((saved, zero))
+    }
+
+    /// Adds the page at `addr`, which repeats `word` (if `Some`), unless it is all zeros
+    /// and `skip_zero`. Returns whether it was stored.
+    fn push_word(
+        &mut self,
+        addr: u64,
+        word: Option<u64>,
+        skip_zero: bool,
+    ) -> Result<bool, CaptureError> {
+        if skip_zero && word == Some(0) {
             self.flush()?;
             return Ok(false);
         }
@@ -207,11 +289,23 @@ impl PageSink<'_> {
         }
         if self.run_len == 0 {
             self.run_start = addr;
+            self.words.clear();
+            self.words_ok = true;
+        }
+        match word {
+            Some(w) if self.words_ok => self.words.push(w),
+            _ => self.words_ok = false,
         }
         self.run_len += PAGE_SIZE;
         self.pages += 1;
         Ok(true)
     }
+}
+
+/// The LZ4 block of a run of word pages, if it pays (it always does for 16 KiB or more).
+fn word_block<'b>(words: &[u64], out: &'b mut [u8]) -> Option<&'b [u8]> {
+    let n = crate::lz4::encode_word_pages(words, out)?;
+    (n * 8 <= words.len() * PAGE_SIZE as usize * 7).then(|| &out[..n])
 }
 
 pub(super) fn vdso_info(maps: &[Vma]) -> Vdso {
@@ -264,6 +358,10 @@ impl PageSink<'_> {
             helper: Helper::start(),
             mine: Compressor::new(),
             queued: None,
+            words: Vec::with_capacity((MAX_CHUNK / PAGE_SIZE) as usize),
+            words_ok: false,
+            word_block: vec![0; WORD_BLOCK_MAX],
+            scan: Vec::with_capacity(SCAN_WINDOW as usize),
         })
     }
 
@@ -343,14 +441,18 @@ pub(super) fn capture_regions(
                 // A zero page of a private file mapping must be stored: the restore maps
                 // the file, so a skipped page would show the file's bytes, not zeros.
                 let skip_zero = kind != RegionKind::FilePrivate;
-                for (i, &e) in pm.iter().enumerate() {
-                    if want(e) {
-                        if sink.push(v.start + i as u64 * PAGE_SIZE, skip_zero)? {
-                            region.pages_saved += 1;
-                        } else {
-                            region.pages_zero += 1;
-                        }
+                let mut i = 0;
+                while i < pm.len() {
+                    if !want(pm[i]) {
+                        i += 1;
+                        continue;
                     }
+                    let j = (i..pm.len()).find(|&k| !want(pm[k])).unwrap_or(pm.len());
+                    let addr = v.start + i as u64 * PAGE_SIZE;
+                    let (saved, zero) = sink.push_run(addr, (j - i) as u64, skip_zero)?;
+                    region.pages_saved += saved;
+                    region.pages_zero += zero;
+                    i = j;
                 }
                 sink.flush()?;
             }
