@@ -600,6 +600,10 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         cleanup(pending);
         return Outcome::Failed(why.into());
     }
+    // Pause breakdown for TORPOR_DEBUG_TIMING: threads stopped, fds and pipes
+    // snapshotted, locks/shared maps/timers snapshotted, forked, released.
+    let mut marks = [0u64; 5];
+    marks[0] = sys::now_ns();
     // SAFETY: my_slot is the manager's own slot.
     unsafe { park::fill_thread(THREADS.slot(my_slot)) };
     args.nthreads = SLOT.load(SeqCst).min(MAX_THREADS);
@@ -649,6 +653,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         cleanup(pending);
         return Outcome::Failed(why.into());
     }
+    marks[1] = sys::now_ns();
     // SAFETY: filled just above; manager-only.
     for f in unsafe { &(&*FDS.0.get())[..args.nfds] } {
         if f.fd > 2 && f.mode & libc::S_IFMT == libc::S_IFREG {
@@ -663,7 +668,9 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
     args.ntimers = timers.len();
     args.time_unix = sys::unix_time();
     CHILD_ARGS.store(&mut args, SeqCst);
+    marks[2] = sys::now_ns();
     let forked = pause_point(my_slot);
+    marks[3] = sys::now_ns();
     let Some((pid, pidfd)) = forked else {
         // Restored process: the fds above belong to the dead original; forget them.
         let n = SLOT.load(SeqCst).min(MAX_THREADS);
@@ -692,6 +699,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
     }
     release();
     let pause_ns = sys::now_ns() - t0;
+    marks[4] = t0 + pause_ns;
     WRITER_PIDFD.store(pidfd, SeqCst);
     // ---- running again ----
     close(gate[0]);
@@ -737,6 +745,21 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         }
     };
     CHILD_ARGS.store(std::ptr::null_mut(), SeqCst);
+    if std::env::var_os("TORPOR_DEBUG_TIMING").is_some() {
+        let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
+        eprintln!(
+            "torpor: round timing (ms): pause {:.1} = stop threads {:.1} + fds/pipes {:.1} + \
+             locks/timers {:.1} + fork {:.1} + resume {:.1}; image durable at {}, writer exited at {:.1}",
+            ms(t0, marks[4]),
+            ms(t0, marks[0]),
+            ms(marks[0], marks[1]),
+            ms(marks[1], marks[2]),
+            ms(marks[2], marks[3]),
+            ms(marks[3], marks[4]),
+            durable_ns.map_or("-".into(), |d| format!("{:.1}", d as f64 / 1e6)),
+            ms(t0, sys::now_ns()),
+        );
+    }
     for fd in [files_fd, task_fd, fd_dir, pipe[0]] {
         close(fd);
     }
