@@ -152,11 +152,16 @@ struct Lines {
 }
 
 impl Lines {
-    fn spawn_reader(self: &Arc<Self>, out: impl std::io::Read + Send + 'static) {
+    /// Collects the lines of `out`; with `echo`, also passes them to our stderr, except
+    /// the agent's timing lines (TORPOR_DEBUG_TIMING).
+    fn spawn_reader(self: &Arc<Self>, out: impl std::io::Read + Send + 'static, echo: bool) {
         let me = Arc::clone(self);
         std::thread::spawn(move || {
             for l in BufReader::new(out).lines() {
                 let Ok(l) = l else { break };
+                if echo && !l.starts_with(TIMING) {
+                    eprintln!("{l}");
+                }
                 let mut v = me.v.lock().unwrap_or_else(|e| e.into_inner());
                 v.push((Instant::now(), l));
                 me.cv.notify_all();
@@ -203,10 +208,13 @@ struct Prog {
 
 impl Prog {
     fn start(mut cmd: Command) -> Result<Prog> {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting the program")?;
         let lines = Arc::new(Lines::default());
-        lines.spawn_reader(child.stdout.take().context("stdout")?);
+        lines.spawn_reader(child.stdout.take().context("stdout")?, false);
+        lines.spawn_reader(child.stderr.take().context("stderr")?, true);
         let stdin = child.stdin.take();
         Ok(Prog {
             child,
@@ -229,7 +237,23 @@ impl Prog {
     }
 }
 
+/// How the agent's round breakdown (TORPOR_DEBUG_TIMING) starts.
+const TIMING: &str = "torpor: round timing";
+
+/// The milliseconds after `what` in the agent's round timing line (e.g. "fork 12.3").
+fn timing_ms(line: &str, what: &str) -> Option<f64> {
+    let at = line.find(&format!(" {what} "))? + what.len() + 2;
+    line[at..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()?
+        .parse()
+        .ok()
+}
+
 struct Ckpt {
+    /// The pause's fork alone (agent's TORPOR_DEBUG_TIMING), and stopping the threads.
+    fork_ms: f64,
+    stop_ms: f64,
     pause_ms_agent: f64,
     total_ms: f64,
     wall_ms: f64,
@@ -270,7 +294,14 @@ fn checkpoint(torpor: &Path, p: &Prog) -> Result<Ckpt> {
     std::thread::sleep(Duration::from_millis(60));
     let gap = p.lines.max_gap_us(t, Instant::now());
     let gen_dir = PathBuf::from(v["path"].as_str().context("no path in status")?);
+    let timing = p
+        .lines
+        .wait(TIMING, t, Duration::from_secs(5))
+        .map(|(_, l)| l)
+        .unwrap_or_default();
     Ok(Ckpt {
+        fork_ms: timing_ms(&timing, "fork").unwrap_or(f64::NAN),
+        stop_ms: timing_ms(&timing, "threads").unwrap_or(f64::NAN),
         pause_ms_agent: v["pause_ms"].as_f64().unwrap_or(f64::NAN),
         total_ms: v["total_ms"].as_f64().unwrap_or(f64::NAN),
         wall_ms: wall.as_secs_f64() * 1e3,
@@ -292,6 +323,7 @@ fn run_case(env: &Env, kind: &str, mib: u64) -> Result<Value> {
     let _ = std::fs::remove_dir_all(&dir);
     let mut cmd = Command::new(&env.torpor);
     cmd.args(["run", "--keep", "2", "--dir"])
+        .env("TORPOR_DEBUG_TIMING", "1")
         .arg(&dir)
         .arg("--")
         .arg(&env.prog)
@@ -334,6 +366,8 @@ fn run_case(env: &Env, kind: &str, mib: u64) -> Result<Value> {
         json!({
             "program_pause_ms": c.program_pause_ms,
             "agent_pause_ms": c.pause_ms_agent,
+            "fork_ms": c.fork_ms,
+            "stop_threads_ms": c.stop_ms,
             "durable_ms": c.total_ms,
             "wall_ms": c.wall_ms,
             "image_bytes": c.image_bytes,
@@ -435,9 +469,10 @@ fn rows_for(case: &Value, lim: &Value) -> Vec<Row> {
     let base = case["baseline_max_tick_gap_ms"]
         .as_f64()
         .unwrap_or(f64::NAN);
+    let fork = f["fork_ms"].as_f64().unwrap_or(f64::NAN);
     rows.push(Row {
         what: format!("{tag}: program pause"),
-        value: format!("{pause:.1} ms"),
+        value: format!("{pause:.1} ms (fork {fork:.1})"),
         limit: format!("ticks w/o ckpt {base:.1} ms"),
         target: "<= 100 ms".into(),
         met: verdict(pause <= 100.0),
