@@ -712,8 +712,14 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         // The writer sends DURABLE or an error message, then exits; the read returns at
         // the first of those (or at its exit).
         let mut msg = [0u8; 1024];
-        // SAFETY: reads into our local buffer.
-        let n = unsafe { libc::read(pipe[0], msg.as_mut_ptr() as *mut libc::c_void, msg.len()) };
+        let n = loop {
+            // SAFETY: reads into our local buffer.
+            let n =
+                unsafe { libc::read(pipe[0], msg.as_mut_ptr() as *mut libc::c_void, msg.len()) };
+            if n >= 0 || sys::errno() != libc::EINTR {
+                break n;
+            }
+        };
         if n == 1 && msg[0] == DURABLE {
             durable_ns = Some(sys::now_ns() - t0);
         }
