@@ -12,6 +12,7 @@ mod prescan;
 mod sigwrap;
 mod sys;
 mod tree;
+mod writer;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::SeqCst;
