@@ -260,6 +260,8 @@ struct Ckpt {
     program_pause_ms: f64,
     image_bytes: u64,
     gen_dir: PathBuf,
+    /// The generation names a parent (incremental, ADR 0009).
+    incremental: bool,
 }
 
 fn image_bytes(gen_dir: &Path) -> u64 {
@@ -307,8 +309,16 @@ fn checkpoint(torpor: &Path, p: &Prog) -> Result<Ckpt> {
         wall_ms: wall.as_secs_f64() * 1e3,
         program_pause_ms: gap as f64 / 1e3,
         image_bytes: image_bytes(&gen_dir),
+        incremental: generation_parent(&gen_dir).is_some(),
         gen_dir,
     })
+}
+
+/// The `parent` of a generation's manifest (incremental generations), if any.
+fn generation_parent(gen_dir: &Path) -> Option<u64> {
+    let b = std::fs::read(gen_dir.join("manifest.json")).ok()?;
+    let v: Value = serde_json::from_slice(&b).ok()?;
+    v["parent"].as_u64()
 }
 
 struct Env {
@@ -372,6 +382,8 @@ fn run_case(env: &Env, kind: &str, mib: u64) -> Result<Value> {
             "wall_ms": c.wall_ms,
             "image_bytes": c.image_bytes,
             "generation": c.gen_dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+            // Incremental generations (ADR 0009) name their parent in the manifest.
+            "kind": if c.incremental { "incremental" } else { "full" },
         })
     };
     Ok(json!({
@@ -514,7 +526,10 @@ fn rows_for(case: &Value, lim: &Value) -> Vec<Row> {
     let dur2 = s["durable_ms"].as_f64().unwrap_or(f64::NAN);
     let ratio2 = img2 / img;
     rows.push(Row {
-        what: format!("{tag}: 2nd ckpt after 1% dirty"),
+        what: format!(
+            "{tag}: 2nd ckpt after 1% dirty ({})",
+            s["kind"].as_str().unwrap_or("?")
+        ),
         value: format!("{:.1} MiB, {dur2:.0} ms", img2 / MIB as f64),
         limit: format!("{:.1}% of full", ratio2 * 100.0),
         target: if kind == "zero" {

@@ -69,6 +69,17 @@ pub fn inspect(path: &Path, json: bool) -> Result<i32> {
             o.insert("integrity".into(), integrity.into());
             o.insert("pages_saved".into(), m.pages_saved().into());
             o.insert("encoding".into(), encoding(m));
+            // "full", or "incremental" with `parent` (generation, manifest checksum,
+            // image) naming the image the pages it does not hold come from.
+            o.insert(
+                "kind".into(),
+                if m.is_incremental() {
+                    "incremental"
+                } else {
+                    "full"
+                }
+                .into(),
+            );
             if let Some(man) = manifest {
                 o.insert("manifest".into(), man);
             }
@@ -88,6 +99,17 @@ pub fn inspect(path: &Path, json: bool) -> Result<i32> {
         m.origin.attempt
     );
     println!("command    {}", m.origin.argv.join(" "));
+    match &m.parent {
+        Some(p) => println!(
+            "kind       incremental on generation {} ({}, manifest checksum {}); {} of {} regions inherit pages",
+            p.generation,
+            p.image,
+            p.manifest_checksum,
+            m.regions.iter().filter(|r| r.inherit).count(),
+            m.regions.len()
+        ),
+        None => println!("kind       full"),
+    }
     println!(
         "size       {} bytes on disk, {} pages saved in {} chunks, {} zero pages not stored",
         bytes,

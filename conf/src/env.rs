@@ -9,6 +9,8 @@ pub const TORPOR_DIR: &str = "TORPOR_DIR";
 pub const TORPOR_INTERVAL_SECS: &str = "TORPOR_INTERVAL_SECS";
 /// Number of complete generations to keep (decimal, >= 1).
 pub const TORPOR_KEEP: &str = "TORPOR_KEEP";
+/// Every this many generations one is full, the others incremental (decimal, 1-16).
+pub const TORPOR_FULL_EVERY: &str = "TORPOR_FULL_EVERY";
 /// Slurm job id (decimal).
 pub const TORPOR_JOB_ID: &str = "TORPOR_JOB_ID";
 /// Slurm step id (decimal; the batch step is 4294967291 = 0xFFFFFFFB).
@@ -34,6 +36,7 @@ pub const ALL: &[&str] = &[
     TORPOR_DIR,
     TORPOR_INTERVAL_SECS,
     TORPOR_KEEP,
+    TORPOR_FULL_EVERY,
     TORPOR_JOB_ID,
     TORPOR_STEP_ID,
     TORPOR_TASK_ID,

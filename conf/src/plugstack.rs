@@ -19,6 +19,8 @@ pub struct PlugstackConfig {
     pub min_interval: Interval,
     /// Complete generations kept per program.
     pub keep: u32,
+    /// Every this many generations one is full; the others are incremental.
+    pub full_every: u32,
     /// The preload agent.
     pub agent: PathBuf,
     /// The restore program.
@@ -169,6 +171,26 @@ pub const KEYS: &[KeyDef] = &[
         },
     },
     KeyDef {
+        name: "full_every",
+        value: "<n>",
+        default: Some("8"),
+        help: "Every n-th checkpoint generation of a program is full; the ones between hold \
+               only the pages written since the previous generation (1-16; 1: always full).",
+        apply: |c, v| {
+            let err = ValueError::Number { min: 1, max: 16 };
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err);
+            }
+            match v.parse::<u32>() {
+                Ok(n) if (1..=16).contains(&n) => {
+                    c.full_every = n;
+                    Ok(())
+                }
+                _ => Err(err),
+            }
+        },
+    },
+    KeyDef {
         name: "agent",
         value: "<path>",
         default: Some("/usr/lib/torpor/libtorpor_agent.so"),
@@ -238,6 +260,7 @@ impl Default for PlugstackConfig {
             dir: None,
             min_interval: Interval::ONE_MINUTE,
             keep: 2,
+            full_every: 8,
             agent: PathBuf::from("/usr/lib/torpor/libtorpor_agent.so"),
             restorer: PathBuf::from("/usr/lib/torpor/torpor-restore"),
             signal: crate::signal::SIGRTMIN + 4,

@@ -28,6 +28,7 @@ const PROGS: &[&str] = &[
     "fdclean",
     "fault_target",
     "grow",
+    "incr_mem",
     "tree_pipes",
     "tree_shm",
     "tree_socketpair",

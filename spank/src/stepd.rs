@@ -77,6 +77,7 @@ pub(crate) fn user_init(plugin: &mut Torpor, spank: &mut SpankHandle) -> CbResul
             opts.interval.as_secs().to_string(),
         ),
         (env::TORPOR_KEEP, site.keep.to_string()),
+        (env::TORPOR_FULL_EVERY, site.full_every.to_string()),
         (env::TORPOR_JOB_ID, job.to_string()),
         (env::TORPOR_STEP_ID, step.to_string()),
         (env::TORPOR_RESTORER, site.restorer.display().to_string()),

@@ -99,6 +99,7 @@ fn assert_checkpointed(
     assert_eq!(get(env, "TORPOR_TASK_ID"), task);
     assert_eq!(get(env, "TORPOR_ATTEMPT"), "0");
     assert_eq!(get(env, "TORPOR_KEEP"), "2");
+    assert_eq!(get(env, "TORPOR_FULL_EVERY"), "8");
     assert_eq!(get(env, "TORPOR_CONTEXT"), "slurm");
     assert_eq!(
         get(env, "TORPOR_RESTORER"),

@@ -3,6 +3,7 @@
 //! the manager thread that takes checkpoints on an interval or on request.
 
 mod alloc;
+mod dirty;
 mod fds;
 mod identity;
 mod joboutput;
@@ -75,6 +76,7 @@ fn base_config(dir: PathBuf, slurm: bool) -> Config {
         dir,
         interval_ns: 0,
         keep: env_u64("TORPOR_KEEP").unwrap_or(2).max(1) as usize,
+        full_every: env_u64("TORPOR_FULL_EVERY").unwrap_or(8).clamp(1, 16) as u32,
         attempt: env_u64("TORPOR_ATTEMPT")
             .or_else(|| env_u64("SLURM_RESTART_COUNT"))
             .unwrap_or(0) as u32,
@@ -132,6 +134,7 @@ fn config_from_env() -> Option<Config> {
         dir,
         interval_ns,
         keep: env_u64("TORPOR_KEEP").unwrap_or(2).max(1) as usize,
+        full_every: env_u64("TORPOR_FULL_EVERY").unwrap_or(8).clamp(1, 16) as u32,
         attempt,
         capture_limit: env_u64("TORPOR_CAPTURE_LIMIT").unwrap_or(1 << 30),
         verbose: std::env::var_os("TORPOR_VERBOSE").is_some(),

@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::SeqCst};
 
 use torpor_engine::records::RestoreInfo;
-use torpor_image::store::{Pending, Store};
+use torpor_image::store::{Manifest, Pending, Store};
 
 use crate::fds::{copy_path, for_each_num, snapshot_fds, snapshot_locks, FDS};
 use crate::park::{self, MAX_THREADS, PARKED, RELEASE, RESUMED, SLOT, THREADS};
 use crate::prescan::{scan_shared_maps, scan_timers, snapshot_timers, unsupported_state};
-use crate::writer::{child_main, ChildArgs, CHILD_ARGS, DURABLE};
-use crate::{sys, tree};
+use crate::writer::{child_main, ChildArgs, Parent, CHILD_ARGS, DURABLE};
+use crate::{dirty, sys, tree};
 
 /// How long to wait for threads to park before giving up on a checkpoint.
 const STOP_TIMEOUT_NS: u64 = 10_000_000_000;
@@ -26,6 +26,8 @@ pub struct Config {
     pub dir: PathBuf,
     pub interval_ns: u64,
     pub keep: usize,
+    /// Every this many generations one is full (1: incremental generations off).
+    pub full_every: u32,
     pub attempt: u32,
     pub capture_limit: u64,
     pub verbose: bool,
@@ -65,6 +67,10 @@ pub static MANAGER_TID: AtomicI32 = AtomicI32::new(0);
 /// The agent's writable segments (.data/.bss), found at start.
 pub static WSEG_START: AtomicU64 = AtomicU64::new(0);
 pub static WSEG_END: AtomicU64 = AtomicU64::new(0);
+/// The generation the next incremental image builds on (`u64::MAX`: none, the next
+/// generation is full), and how many incremental generations followed the last full one.
+static PARENT_GEN: AtomicU64 = AtomicU64::new(u64::MAX);
+static SINCE_FULL: AtomicU32 = AtomicU32::new(0);
 /// Set after a restore into a fresh pid namespace.
 pub(crate) static IN_PIDNS: AtomicU32 = AtomicU32::new(0);
 
@@ -225,6 +231,10 @@ fn finish_restore(nthreads: usize) {
             }
         }
         IN_PIDNS.store(ri.same_pids as u32, SeqCst);
+        // The write tracking of the original process is gone: the first checkpoint after
+        // a restore is full.
+        dirty::reset();
+        PARENT_GEN.store(u64::MAX, SeqCst);
         // The image may have been taken on SIGTERM; this run has not been asked to stop.
         TERMINATING.store(false, SeqCst);
         if ri.attempt_plus1 > 0 {
@@ -365,7 +375,64 @@ impl Role<'_> {
     }
 }
 
+/// The parent of an incremental image for this round, if it may be one.
+fn incremental_parent(cfg: &Config, store: &Store) -> Option<Parent> {
+    let generation = PARENT_GEN.load(SeqCst);
+    if generation == u64::MAX || SINCE_FULL.load(SeqCst) + 1 >= cfg.full_every {
+        return None;
+    }
+    let dir = store.gen_dir(generation);
+    let path = dir.join("manifest.json");
+    let m = Manifest::parse(&std::fs::read(&path).ok()?, &path).ok()?;
+    let me = m.processes.first().filter(|p| p.pid == sys::getpid())?;
+    Some(Parent {
+        link: torpor_image::meta::ParentRef {
+            generation,
+            manifest_checksum: m.checksum.clone()?,
+            image: me.image.clone(),
+        },
+        image: dir.join(&me.image),
+    })
+}
+
+/// The calling thread's stack (the manager's), as the thread library knows it; the
+/// pages around the current stack pointer if it cannot tell.
+fn own_stack() -> (u64, u64) {
+    let probe = 0u8;
+    let here = std::hint::black_box(&probe) as *const u8 as u64;
+    let fallback = ((here & !0xf_ffff) - (8 << 20), (here | 0xf_ffff) + 1);
+    // SAFETY: pthread_attr_t is plain data; getattr_np fills it for our own thread, and
+    // it is destroyed after use. Called outside the pause.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return fallback;
+        }
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let r = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        let (a, b) = (
+            addr as u64 & !0xfff,
+            (addr as u64 + size as u64 + 0xfff) & !0xfff,
+        );
+        if r != 0 || !(a <= here && here < b) {
+            return fallback;
+        }
+        // The guard page below is not part of the stack but is harmless to avoid.
+        (a.saturating_sub(0x1000), b)
+    }
+}
+
 fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Role) -> Outcome {
+    // Write tracking for incremental generations (ADR 0009): every round scans (and so
+    // starts a new interval); only a single process's image may be incremental.
+    let track = cfg.full_every > 1 && dirty::prepare();
+    let parent = if track && matches!(role, Role::Single) {
+        incremental_parent(cfg, store)
+    } else {
+        None
+    };
     let files_dir = pending.path().join("files");
     if let Err(e) = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
         .create(&files_dir)
@@ -390,6 +457,18 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
     }
     let (ws, we) = (WSEG_START.load(SeqCst), WSEG_END.load(SeqCst));
     let mut patch = vec![0u8; (we - ws) as usize];
+    // Never tracked: the agent's own memory, written after the scan or freed after the
+    // round (a buffer mapped again at the same place next round would make its range
+    // unclean every time).
+    let avoid = {
+        let [d, m] = dirty::own_ranges();
+        let p = patch.as_ptr() as u64;
+        let patch_pages = (p & !0xfff, (p + patch.len() as u64 + 0xfff) & !0xfff);
+        [(ws, we), own_stack(), d, m, patch_pages]
+    };
+    if track {
+        dirty::protect_new(&avoid);
+    }
     let mut timers = scan_timers();
     let shared_maps = scan_shared_maps();
     let mut args = ChildArgs {
@@ -415,10 +494,15 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         capture_limit: cfg.capture_limit,
         commit: matches!(role, Role::Single),
         gate,
+        incr: parent
+            .as_ref()
+            .map_or(std::ptr::null(), |p| p as *const Parent),
     };
     let [extra0, extra1, extra2] = role.extra_fds();
+    let [uffd, pagemap] = dirty::fds();
     let agent_fds = [
         files_fd, task_fd, fd_dir, pipe[0], pipe[1], gate[0], gate[1], extra0, extra1, extra2,
+        uffd, pagemap,
     ];
     let cleanup = |pending: Pending| {
         for fd in &agent_fds[..7] {
@@ -520,6 +604,10 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
     args.timers = timers.as_ptr();
     args.ntimers = timers.len();
     args.time_unix = sys::unix_time();
+    if track {
+        // Last before the fork: nothing of the program's memory may change after it.
+        dirty::scan_and_register(&avoid);
+    }
     CHILD_ARGS.store(&mut args, SeqCst);
     marks[2] = sys::now_ns();
     let forked = pause_point(my_slot);
@@ -531,6 +619,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         std::mem::forget(patch);
         std::mem::forget(timers);
         std::mem::forget(shared_maps);
+        std::mem::forget(parent);
         finish_restore(n);
         return Outcome::Restored;
     };
@@ -631,14 +720,30 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         },
     };
     match result {
-        Ok(()) if matches!(role, Role::Member(_)) => Outcome::Committed {
-            generation,
-            path: pending.path().to_path_buf(),
-            pause_ns,
-            total_ns: sys::now_ns() - t0,
-        },
-        Err(e) if matches!(role, Role::Member(_)) => Outcome::Failed(e),
+        Ok(()) if matches!(role, Role::Member(_)) => {
+            PARENT_GEN.store(u64::MAX, SeqCst);
+            Outcome::Committed {
+                generation,
+                path: pending.path().to_path_buf(),
+                pause_ns,
+                total_ns: sys::now_ns() - t0,
+            }
+        }
+        Err(e) if matches!(role, Role::Member(_)) => {
+            PARENT_GEN.store(u64::MAX, SeqCst);
+            Outcome::Failed(e)
+        }
         Ok(()) => {
+            if track && matches!(role, Role::Single) {
+                // The next image builds on this one.
+                match store.parent_of(generation) {
+                    Some(_) => SINCE_FULL.fetch_add(1, SeqCst),
+                    None => SINCE_FULL.swap(0, SeqCst),
+                };
+                PARENT_GEN.store(generation, SeqCst);
+            } else {
+                PARENT_GEN.store(u64::MAX, SeqCst);
+            }
             // A single process's writer committed the generation itself: it was durable
             // when the writer said so (a tree's root commits here, just now).
             let total_ns = match (&role, durable_ns) {
@@ -654,6 +759,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
             }
         }
         Err(e) => {
+            PARENT_GEN.store(u64::MAX, SeqCst);
             role.abort();
             pending.abort();
             Outcome::Failed(e)

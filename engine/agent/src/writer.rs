@@ -36,6 +36,14 @@ pub(crate) struct ChildArgs {
     /// Tree rounds: pipe (read, write) the writer waits on until the tree is released
     /// (EOF), so that writers do not compete for the CPUs with the paused tree.
     pub(crate) gate: [i32; 2],
+    /// Write an incremental image on this parent (null: full).
+    pub(crate) incr: *const Parent,
+}
+
+/// The generation an incremental image builds on (prepared before the pause).
+pub(crate) struct Parent {
+    pub(crate) link: torpor_image::meta::ParentRef,
+    pub(crate) image: std::path::PathBuf,
 }
 pub(crate) static CHILD_ARGS: AtomicPtr<ChildArgs> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -137,6 +145,22 @@ fn child_write(a: &ChildArgs, ws: u64, we: u64) -> Result<(), String> {
         time_unix: a.time_unix,
         in_restore_pidns: IN_PIDNS.load(SeqCst) != 0,
         capture_limit: a.capture_limit,
+        incremental: if a.incr.is_null() {
+            None
+        } else {
+            // SAFETY: the manager's value, alive in our copy of its frame.
+            let p = unsafe { &*a.incr };
+            let (clean, dirty) = crate::dirty::last_scan();
+            Some(capture::Incremental {
+                parent: p.link.clone(),
+                parent_image: &p.image,
+                clean,
+                // SAFETY: PageRegion is three u64 fields, repr(C).
+                dirty: unsafe {
+                    std::slice::from_raw_parts(dirty.as_ptr() as *const [u64; 3], dirty.len())
+                },
+            })
+        },
     };
     let cap = capture::write_process_image(pending, &input).map_err(|e| e.to_string())?;
     if !a.commit {
@@ -153,6 +177,7 @@ fn child_write(a: &ChildArgs, ws: u64, we: u64) -> Result<(), String> {
             hostname: host.trim().to_string(),
             processes: vec![cap.process],
             bytes: cap.bytes,
+            parent: cap.parent,
             ..Default::default()
         })
         .map_err(|e| e.to_string())?;

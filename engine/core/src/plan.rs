@@ -89,7 +89,17 @@ pub struct PlanHeader {
     /// fds stage 2 closes once the regions are mapped (shared memory of a process tree
     /// opened through /proc/self/fd); -1 for none.
     pub close_fds: [i64; 8],
+    /// Largest decoded length of a compressed extent only part of which is used (an
+    /// incremental chain: newer images hold the rest); 0: none. Each fill thread's
+    /// scratch is `scratch_len` bytes for stored data then `dec_len` for decoding.
+    pub dec_len: u64,
+    /// The older images of an incremental chain (extents read from them); stage 2
+    /// closes them with `image_fd`. -1 for none.
+    pub chain_fds: [i64; MAX_CHAIN],
 }
+
+/// Longest incremental chain (images, newest included) a restore accepts.
+pub const MAX_CHAIN: usize = 16;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -118,8 +128,10 @@ pub struct PlanRegion {
     pub nextents: u64,
 }
 
-/// Bytes to read from the image file into memory: `len` bytes at `vaddr` from
-/// `stored_len` bytes at `file_off`, decoded by `codec`.
+/// Bytes to read from an image file into memory: `len` bytes at `vaddr` from
+/// `stored_len` bytes at `file_off` of file `fd`, decoded by `codec`. A compressed
+/// extent decodes to `dec_len` bytes of which the `len` from `skip` on are used (both
+/// equal the whole chunk unless newer images of a chain hold the rest).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlanExtent {
@@ -128,6 +140,9 @@ pub struct PlanExtent {
     pub file_off: u64,
     pub stored_len: u64,
     pub codec: u64,
+    pub fd: i64,
+    pub skip: u64,
+    pub dec_len: u64,
 }
 
 #[repr(C)]

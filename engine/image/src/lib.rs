@@ -12,9 +12,11 @@ pub use container::{ImageError, ImageReader, ImageWriter};
 pub use meta::*;
 
 /// Major version of the image format written. 2: chunks may be LZ4-compressed (ADR 0005).
-pub const FORMAT_MAJOR: u16 = 2;
-/// Oldest major version still read: 1.x images hold raw chunks only, which 2.x readers
-/// handle unchanged. Readers reject majors outside `MIN_READ_MAJOR..=FORMAT_MAJOR`.
+/// 3: an image may be incremental (`ProcessMeta::parent`, `Region::inherit`): pages it
+/// does not hold come from its parent generation (ADR 0009).
+pub const FORMAT_MAJOR: u16 = 3;
+/// Oldest major version still read: 1.x images hold raw chunks only and 2.x images are
+/// all full, which 3.x readers handle unchanged. Readers reject majors outside `MIN_READ_MAJOR..=FORMAT_MAJOR`.
 pub const MIN_READ_MAJOR: u16 = 1;
 /// Minor version of the image format. New optional fields bump it; older readers still read.
 pub const FORMAT_MINOR: u16 = 0;

@@ -41,6 +41,22 @@ pub struct ProcessMeta {
     /// POSIX record locks (fcntl F_SETLK) held at the checkpoint.
     #[serde(default)]
     pub locks: Vec<LockMeta>,
+    /// Incremental images (format 3.0): the image of the same process in the generation
+    /// this one builds on. `None`: a full image, every page is described here.
+    #[serde(default)]
+    pub parent: Option<ParentRef>,
+}
+
+/// The link from an incremental image to the image it builds on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ParentRef {
+    /// Generation number of the parent (a sibling `gen-NNNNNN` directory).
+    pub generation: u64,
+    /// The `checksum` of the parent generation's manifest: a parent that was replaced or
+    /// damaged no longer matches and the chain is refused.
+    pub manifest_checksum: String,
+    /// The parent image, relative to the parent generation directory.
+    pub image: String,
 }
 
 /// One POSIX record lock, re-acquired on `fd` before the program resumes.
@@ -195,6 +211,17 @@ pub struct Region {
     /// generation (path relative to the generation directory).
     #[serde(default)]
     pub captured: Option<String>,
+    /// Incremental images (format 3.0): only the pages in `written` are described by this
+    /// image; every other page of the region is what the parent image chain holds for
+    /// that address. `false`: the region is described fully here.
+    #[serde(default)]
+    pub inherit: bool,
+    /// With `inherit`: the page ranges `[start, end)` (sorted, disjoint, page aligned,
+    /// inside the region) that this image describes: each page is in a chunk, or was
+    /// all zeros (anonymous memory) or not modified (private file mappings: the file's
+    /// bytes), as in a full image.
+    #[serde(default)]
+    pub written: Vec<[u64; 2]>,
 }
 
 /// How a file is recognised as unchanged.
@@ -330,6 +357,11 @@ impl ProcessMeta {
     /// Sum of the page counts saved across regions.
     pub fn pages_saved(&self) -> u64 {
         self.regions.iter().map(|r| r.pages_saved).sum()
+    }
+
+    /// Whether pages of this image come from a parent generation.
+    pub fn is_incremental(&self) -> bool {
+        self.parent.is_some()
     }
 
     /// Sum of the all-zero pages skipped across regions.

@@ -122,6 +122,10 @@ pub struct Manifest {
     /// xxh3-64 (hex) of every captured file under `files/`, by name (filled by commit).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// Incremental generations: the generation whose images this one's build on. Prune
+    /// keeps it (and its own parent, ...) while this generation is kept.
+    #[serde(default)]
+    pub parent: Option<u64>,
     /// xxh3-64 (hex) of this manifest serialized with `checksum` = null (filled by commit).
     #[serde(default)]
     pub checksum: Option<String>,
@@ -351,6 +355,13 @@ impl Store {
         }
     }
 
+    /// The parent generation that generation `n`'s manifest names, if any.
+    pub fn parent_of(&self, n: u64) -> Option<u64> {
+        let p = self.gen_dir(n).join(MANIFEST);
+        let b = fs::read(&p).ok()?;
+        Manifest::parse(&b, &p).ok()?.parent
+    }
+
     pub fn gen_dir(&self, n: u64) -> PathBuf {
         self.dir.join(gen_name(n))
     }
@@ -413,12 +424,28 @@ impl Store {
 
     /// Deletes all but the newest `keep` complete generations and stale temporaries of
     /// processes that no longer exist.
+    /// Generations an incremental generation depends on are kept as long as it is.
     pub fn prune(&self, keep: usize) -> Result<(), StoreError> {
         let gens = self.generations()?;
         let latest = self.latest();
         if gens.len() > keep {
-            for &n in &gens[..gens.len() - keep] {
-                if Some(n) != latest {
+            let mut kept: Vec<u64> = gens[gens.len() - keep..].to_vec();
+            kept.extend(latest);
+            let mut i = 0;
+            while i < kept.len() {
+                // A generation whose manifest cannot be read cannot be restored: it needs
+                // no parent.
+                if let Some(p) = self.parent_of(kept[i]) {
+                    if !kept.contains(&p) {
+                        kept.push(p);
+                    }
+                }
+                i += 1;
+            }
+            // Newest first: a generation is never left without the one it builds on,
+            // even by a prune that is cut off.
+            for &n in gens[..gens.len() - keep].iter().rev() {
+                if !kept.contains(&n) {
                     // Renamed out of the way first: a removal cut off half-way must not
                     // leave a generation that looks complete with files missing.
                     let doomed =
@@ -748,6 +775,27 @@ mod tests {
         assert_eq!(s.latest(), Some(4));
         s.prune(2).unwrap();
         assert_eq!(s.generations().unwrap(), vec![3, 4]);
+    }
+
+    /// A kept incremental generation keeps its chain (parent, grandparent, ...) until a
+    /// newer full generation makes it unnecessary.
+    #[test]
+    fn prune_keeps_what_kept_generations_depend_on() {
+        let s = Store::new(tmp("chain"));
+        let with_parent = |p: Option<u64>| Manifest {
+            parent: p,
+            ..manifest()
+        };
+        // 1 full, 2 on 1, 3 on 2, 4 full, 5 on 4.
+        let parents = [None, Some(1), Some(2), None, Some(4)];
+        let expect: [&[u64]; 5] = [&[1], &[1, 2], &[1, 2, 3], &[1, 2, 3, 4], &[4, 5]];
+        for (p, want) in parents.into_iter().zip(expect) {
+            s.begin(0).unwrap().commit(with_parent(p)).unwrap();
+            s.prune(2).unwrap();
+            assert_eq!(s.generations().unwrap(), want);
+        }
+        assert_eq!(s.parent_of(5), Some(4));
+        assert_eq!(s.parent_of(4), None);
     }
 
     #[test]

@@ -6,9 +6,8 @@ use crate::rawclone::raw_clone;
 use crate::sys::{die, nr, sc};
 use crate::{hdr, lz4, table, MADV_POPULATE_WRITE, SCRATCH_ADDR};
 
-/// Reads `len` bytes at file offset `off` of the image into `to`.
-fn pread_full(to: u64, len: u64, off: u64) {
-    let fd = hdr().image_fd as u64;
+/// Reads `len` bytes at file offset `off` of image `fd` into `to`.
+fn pread_full(fd: u64, to: u64, len: u64, off: u64) {
     let mut done = 0u64;
     while done < len {
         // SAFETY: the destination is mapped writable by the caller for `len` bytes.
@@ -25,18 +24,47 @@ fn pread_full(to: u64, len: u64, off: u64) {
 fn fill_extents(from: usize, to: usize, scratch: u64) {
     let h = hdr();
     let ext: &[PlanExtent] = table(h.extents_off, h.nextents);
+    // The chunk (fd, offset) whose decoded bytes the scratch holds: the parts of one
+    // chunk follow each other in the plan, so each chunk is decoded once.
+    let mut decoded = (-1i64, u64::MAX);
     for e in &ext[from..to] {
         // Allocate the extent's pages in one call rather than one fault per page (a
         // fault costs ~1 us in a VM; failure, e.g. an older kernel, just means faults).
         // SAFETY: MADV_POPULATE_WRITE on part of a region mapped writable.
         unsafe { sc(nr::MADVISE, e.vaddr, e.len, MADV_POPULATE_WRITE, 0, 0, 0) };
         match e.codec {
-            CODEC_RAW => pread_full(e.vaddr, e.len, e.file_off),
+            CODEC_RAW => pread_full(e.fd as u64, e.vaddr, e.len, e.file_off),
+            CODEC_LZ4 if e.skip != 0 || e.dec_len != e.len => {
+                // Part of a chunk (newer images of the chain hold the rest): decode it
+                // aside, copy the part.
+                if e.stored_len > h.scratch_len || e.dec_len > h.dec_len || e.skip + e.len > e.dec_len {
+                    die(b"partial compressed chunk does not fit the scratch buffer", e.vaddr as i64);
+                }
+                let dec = scratch + h.scratch_len;
+                if decoded != (e.fd, e.file_off) {
+                    pread_full(e.fd as u64, scratch, e.stored_len, e.file_off);
+                    // SAFETY: the scratch buffer holds stored_len bytes just read,
+                    // followed by dec_len bytes of decode space.
+                    let (src, out) = unsafe {
+                        (
+                            core::slice::from_raw_parts(scratch as *const u8, e.stored_len as usize),
+                            core::slice::from_raw_parts_mut(dec as *mut u8, e.dec_len as usize),
+                        )
+                    };
+                    if lz4::decode_block(src, out) != Some(e.dec_len as usize) {
+                        die(b"decoding a compressed chunk", e.vaddr as i64);
+                    }
+                    decoded = (e.fd, e.file_off);
+                }
+                // SAFETY: the destination lies inside a region mapped writable for `len`
+                // bytes; the decoded bytes are in the restorer's own range.
+                unsafe { crate::sys::memcpy(e.vaddr as *mut u8, (dec + e.skip) as *const u8, e.len as usize) };
+            }
             CODEC_LZ4 => {
                 if e.stored_len > h.scratch_len {
                     die(b"compressed chunk larger than the scratch buffer", e.vaddr as i64);
                 }
-                pread_full(scratch, e.stored_len, e.file_off);
+                pread_full(e.fd as u64, scratch, e.stored_len, e.file_off);
                 // SAFETY: the scratch buffer holds stored_len bytes just read; the
                 // destination lies inside a region mapped writable for `len` bytes.
                 let (src, dst) = unsafe {
@@ -96,7 +124,7 @@ static mut HELPER_TID: i32 = 0;
 
 extern "C" fn helper_entry(range: u64) -> ! {
     let (from, to) = ((range >> 32) as usize, (range & 0xffff_ffff) as usize);
-    fill_extents(from, to, SCRATCH_ADDR + hdr().scratch_len);
+    fill_extents(from, to, SCRATCH_ADDR + hdr().scratch_len + hdr().dec_len);
     // SAFETY: ends this thread only (exit, not exit_group).
     unsafe { sc(nr::EXIT, 0, 0, 0, 0, 0, 0) };
     loop {}

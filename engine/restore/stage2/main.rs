@@ -418,7 +418,7 @@ unsafe extern "C" fn rmain(sp: *const u64) -> ! {
     move_vdso(&sp_special);
     if h.scratch_len > 0 {
         // SAFETY: fresh anonymous memory in the restorer's range for compressed chunks.
-        let got = unsafe { sc(nr::MMAP, SCRATCH_ADDR, 2 * h.scratch_len, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED_NOREPLACE, u64::MAX, 0) };
+        let got = unsafe { sc(nr::MMAP, SCRATCH_ADDR, 2 * (h.scratch_len + h.dec_len), PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED_NOREPLACE, u64::MAX, 0) };
         if got as u64 != SCRATCH_ADDR {
             die(b"mapping the scratch buffer", got);
         }
@@ -426,7 +426,13 @@ unsafe extern "C" fn rmain(sp: *const u64) -> ! {
     map_regions();
     if h.scratch_len > 0 {
         // SAFETY: our own scratch mapping, no longer used.
-        unsafe { sc(nr::MUNMAP, SCRATCH_ADDR, 2 * h.scratch_len, 0, 0, 0, 0) };
+        unsafe { sc(nr::MUNMAP, SCRATCH_ADDR, 2 * (h.scratch_len + h.dec_len), 0, 0, 0, 0) };
+    }
+    for &fd in &h.chain_fds {
+        if fd > 2 && fd != h.image_fd {
+            // SAFETY: closes an older image of the chain stage 1 opened for us.
+            unsafe { sc(nr::CLOSE, fd as u64, 0, 0, 0, 0, 0) };
+        }
     }
     for &fd in &h.close_fds {
         if fd > 2 {

@@ -3,7 +3,8 @@
 //! in-process against the restorer's own selection API (`torpor_engine::restore::select`):
 //! the damaged generation must be refused with a message naming the file (and the offset
 //! for image files), and selecting the program's directory must fall back to the newest
-//! undamaged generation. A handful go through the real `torpor restore`: it must say what
+//! undamaged generation (the newest whose incremental chain does not include the damaged
+//! one: generations alternate full and incremental here). A handful go through the real `torpor restore`: it must say what
 //! it skipped (file, offset) and which generation it used, and the program must finish
 //! with the result of an uninterrupted run. `TORPOR_CORRUPT_SEED=N` replays a run.
 
@@ -114,7 +115,10 @@ fn make_generations(t: &Target) -> Result<Vec<u64>> {
         "--".into(),
     ];
     args.extend(t.argv.iter().cloned());
-    let mut run = Proc::spawn(t.torpor(args), "torpor run")?;
+    let mut cmd = t.torpor(args);
+    // Full and incremental generations alternate: 1 full, 2 on 1, 3 full, 4 on 3.
+    cmd.env("TORPOR_FULL_EVERY", "2");
+    let mut run = Proc::spawn(cmd, "torpor run")?;
     run.wait_line(0, Duration::from_secs(30), |l| l.starts_with("READY"))?;
     for _ in 0..GENERATIONS {
         thread::sleep(Duration::from_millis(150));
@@ -133,9 +137,24 @@ fn make_generations(t: &Target) -> Result<Vec<u64>> {
     Ok(gens)
 }
 
+/// The generations each generation's images build on (itself, its parent, ... back to a
+/// full one: incremental generations, ADR 0009).
+fn chains(store: &Store, gens: &[u64]) -> Vec<(u64, Vec<u64>)> {
+    gens.iter()
+        .map(|&g| {
+            let mut c = vec![g];
+            while let Some(p) = c.last().and_then(|&l| store.parent_of(l)) {
+                c.push(p);
+            }
+            (g, c)
+        })
+        .collect()
+}
+
 fn in_process(images: &Path, gens: &[u64], rng: &mut Rng) -> Result<(u32, u32, u32)> {
     let store = Store::new(images);
     let newest = *gens.last().context("no generations")?;
+    let chains = chains(&store, gens);
     let (mut flips, mut cuts, mut fallbacks) = (0, 0, 0);
     for i in 0..ITERATIONS {
         let g = if rng.chance(60) {
@@ -178,10 +197,19 @@ fn in_process(images: &Path, gens: &[u64], rng: &mut Rng) -> Result<(u32, u32, u
                 bail!("{what}: detected, but the message gives no offset: {err}");
             }
             let sel = select(images).map_err(|e| anyhow::anyhow!("{what}: no fallback: {e}"))?;
-            let want = if g == newest {
-                gens[gens.len() - 2]
-            } else {
-                newest
+            // The newest generation whose chain does not include the damaged one.
+            let want = chains
+                .iter()
+                .rev()
+                .find(|(_, c)| !c.contains(&g))
+                .map(|(h, _)| *h);
+            let Some(want) = want else {
+                if select(images).is_ok() {
+                    bail!(
+                        "{what}: every generation depends on the damaged one, yet one was selected"
+                    );
+                }
+                return Ok(());
             };
             if sel.generation != Some(want) {
                 bail!(

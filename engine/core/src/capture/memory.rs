@@ -373,6 +373,79 @@ impl PageSink<'_> {
     }
 }
 
+/// The parts of `[v.start, v.end)` that the parent image maps the same way: regions of
+/// the same kind (and the same file at the same offsets), as sorted address ranges.
+fn parent_compatible(v: &Vma, kind: RegionKind, parent: &[Region]) -> Vec<(u64, u64)> {
+    parent
+        .iter()
+        .filter(|p| p.start < v.end && v.start < p.end)
+        .filter(|p| {
+            p.kind == kind
+                && (kind != RegionKind::FilePrivate
+                    || (p.name == v.name
+                        && p.offset.wrapping_sub(p.start) == v.offset.wrapping_sub(v.start)))
+        })
+        .map(|p| (p.start.max(v.start), p.end.min(v.end)))
+        .collect()
+}
+
+/// Marks the pages of `v` in `[a, b)` in `auth`.
+fn mark(auth: &mut [bool], v: &Vma, a: u64, b: u64) {
+    let (a, b) = (a.max(v.start), b.min(v.end));
+    if a < b {
+        for i in (a - v.start) / PAGE_SIZE..(b - v.start) / PAGE_SIZE {
+            auth[i as usize] = true;
+        }
+    }
+}
+
+/// Marks the pages of `v` outside the sorted ranges `keep` in `auth`.
+fn mark_outside(auth: &mut [bool], v: &Vma, keep: &[(u64, u64)]) {
+    let mut at = v.start;
+    for &(a, b) in keep {
+        if b <= at || a >= v.end {
+            continue;
+        }
+        mark(auth, v, at, a);
+        at = at.max(b);
+    }
+    mark(auth, v, at, v.end);
+}
+
+/// For a region that may inherit: per page, whether this image describes it. It does
+/// for pages written since the parent, pages whose tracking did not hold throughout
+/// (outside `clean`: new or re-created mappings merged into this one), pages the parent
+/// does not map the same way (a mapping that grew), and for a private file mapping every
+/// page that is not a private copy now (it shows the file's bytes; a dropped private
+/// copy is not reported as written).
+fn authoritative(
+    v: &Vma,
+    kind: RegionKind,
+    pm: &[u64],
+    inc: &super::Incremental,
+    parent: &[Region],
+) -> Vec<bool> {
+    let mut auth = vec![false; pm.len()];
+    let first = inc.dirty.partition_point(|d| d[1] <= v.start);
+    for d in &inc.dirty[first..] {
+        if d[0] >= v.end {
+            break;
+        }
+        mark(&mut auth, v, d[0], d[1]);
+    }
+    mark_outside(&mut auth, v, inc.clean);
+    mark_outside(&mut auth, v, &parent_compatible(v, kind, parent));
+    if kind == RegionKind::FilePrivate {
+        for (i, &e) in pm.iter().enumerate() {
+            let private_copy = (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0;
+            if !private_copy {
+                auth[i] = true;
+            }
+        }
+    }
+    auth
+}
+
 /// Records every region and stores its saved pages through `sink`.
 pub(super) fn capture_regions(
     maps: &[Vma],
@@ -383,6 +456,13 @@ pub(super) fn capture_regions(
     let pagemap = File::open("/proc/self/pagemap").map_err(proc_err("/proc/self/pagemap"))?;
     let mut regions = Vec::new();
     let mut pm = Vec::<u64>::new();
+    // Incremental: the parent's regions (an unreadable parent makes this image full).
+    let parent: Option<(Vec<Region>, &super::Incremental)> =
+        inp.incremental.as_ref().and_then(|inc| {
+            torpor_image::ImageReader::open(inc.parent_image)
+                .ok()
+                .map(|r| (r.into_parts().1.regions, inc))
+        });
     for v in maps {
         if (inp.skip)(v.start, v.end) {
             continue;
@@ -401,6 +481,8 @@ pub(super) fn capture_regions(
             pages_zero: 0,
             flags: Vec::new(),
             captured: None,
+            inherit: false,
+            written: Vec::new(),
         };
         if matches!(kind, RegionKind::FilePrivate | RegionKind::FileShared) {
             region.file = file_id(&v.name);
@@ -411,6 +493,12 @@ pub(super) fn capture_regions(
                 region.captured = Some(name);
             }
         }
+        let inc = parent.as_ref().filter(|_| {
+            matches!(
+                kind,
+                RegionKind::Anon | RegionKind::Heap | RegionKind::Stack | RegionKind::FilePrivate
+            )
+        });
         if kind != RegionKind::FileShared {
             pm.resize(npages as usize, 0);
             // SAFETY: the slice of u64 is viewed as bytes for the duration of the read.
@@ -427,7 +515,30 @@ pub(super) fn capture_regions(
                 RegionKind::SharedAnon | RegionKind::DeletedFile => true,
                 _ => e & (PM_PRESENT | PM_SWAPPED) != 0,
             };
-            if pm.iter().any(|&e| want(e)) {
+            // A region this image describes entirely is simply full.
+            let auth = inc
+                .map(|(pr, i)| authoritative(v, kind, &pm, i, pr))
+                .filter(|a| a.iter().any(|&x| !x));
+            if let Some(auth) = &auth {
+                region.inherit = true;
+                let mut i = 0usize;
+                while i < auth.len() {
+                    if !auth[i] {
+                        i += 1;
+                        continue;
+                    }
+                    let s = i;
+                    while i < auth.len() && auth[i] {
+                        i += 1;
+                    }
+                    region.written.push([
+                        v.start + s as u64 * PAGE_SIZE,
+                        v.start + i as u64 * PAGE_SIZE,
+                    ]);
+                }
+            }
+            let want = |i: usize, e: u64| auth.as_ref().is_none_or(|a| a[i]) && want(e);
+            if pm.iter().enumerate().any(|(i, &e)| want(i, e)) {
                 if !v.read {
                     // SAFETY: changes protection of our own (the writer's) copy only.
                     unsafe {
@@ -443,11 +554,11 @@ pub(super) fn capture_regions(
                 let skip_zero = kind != RegionKind::FilePrivate;
                 let mut i = 0;
                 while i < pm.len() {
-                    if !want(pm[i]) {
+                    if !want(i, pm[i]) {
                         i += 1;
                         continue;
                     }
-                    let j = (i..pm.len()).find(|&k| !want(pm[k])).unwrap_or(pm.len());
+                    let j = (i..pm.len()).find(|&k| !want(k, pm[k])).unwrap_or(pm.len());
                     let addr = v.start + i as u64 * PAGE_SIZE;
                     let (saved, zero) = sink.push_run(addr, (j - i) as u64, skip_zero)?;
                     region.pages_saved += saved;

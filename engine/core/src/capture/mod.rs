@@ -80,6 +80,19 @@ pub struct CaptureInput<'a> {
     pub in_restore_pidns: bool,
     /// The site's limit on file contents copied into a generation (for messages).
     pub capture_limit: u64,
+    /// Write an incremental image on top of a parent (ADR 0009); `None`: full.
+    pub incremental: Option<Incremental<'a>>,
+}
+
+/// What an incremental image builds on.
+pub struct Incremental<'a> {
+    pub parent: ParentRef,
+    /// The parent image file.
+    pub parent_image: &'a std::path::Path,
+    /// Address ranges whose write tracking held since the parent was taken (sorted).
+    pub clean: &'a [(u64, u64)],
+    /// Page ranges `[start, end, _]` written since then, inside `clean` (sorted).
+    pub dirty: &'a [[u64; 3]],
 }
 
 /// Result of writing one process image.
@@ -88,6 +101,8 @@ pub struct Captured {
     pub process: ManifestProcess,
     pub bytes: u64,
     pub pages: u64,
+    /// The parent generation, if the image is incremental.
+    pub parent: Option<u64>,
 }
 
 fn read_file(path: &str) -> Result<Vec<u8>, CaptureError> {
@@ -232,6 +247,7 @@ pub fn write_process_image(
                 end: l.end,
             })
             .collect(),
+        parent: None,
     };
     // The copies made during the pause must be durable before the generation commits.
     let copies = meta
@@ -251,6 +267,10 @@ pub fn write_process_image(
             .and_then(|f| f.sync_all())
             .map_err(proc_err(files_dir.display().to_string()))?;
     }
+    if meta.regions.iter().any(|r| r.inherit) {
+        meta.parent = inp.incremental.as_ref().map(|i| i.parent.clone());
+    }
+    let parent = meta.parent.as_ref().map(|p| p.generation);
     let (writer, pages) = sink.into_writer()?;
     let file = writer.finish(&mut meta)?;
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -263,5 +283,6 @@ pub fn write_process_image(
         },
         bytes,
         pages,
+        parent,
     })
 }

@@ -6,6 +6,7 @@
 //! Everything that can fail for a reason the user can fix fails here, before the point
 //! of no return (stage 2 throws the old address space away).
 
+mod chain;
 mod files;
 mod namespace;
 mod plan_build;
@@ -22,10 +23,11 @@ use std::path::PathBuf;
 use thiserror::Error;
 use torpor_image::ImageError;
 
+pub use chain::open_chain;
 use files::{copy_into, put_back_output, relock, reopen};
 use namespace::enter_pid_namespace;
 pub use namespace::{userns_unavailable, NO_USERNS_VAR};
-pub use plan_build::{build_plan, build_plan_closing};
+pub use plan_build::{build_plan, build_plan_chain, build_plan_closing};
 pub use select::{check_compat, select, Selected};
 
 /// Why an image cannot be restored here. Nothing has been changed when these are returned.
@@ -174,9 +176,10 @@ pub fn restore(
         }
     };
     let (image_file, _) = sel.reader.into_parts();
-    Err(exec_stage2(
+    match place_and_exec(
         &meta,
         image_file,
+        sel.chain,
         &stage2_file,
         files,
         &[],
@@ -184,7 +187,10 @@ pub fn restore(
         verbose,
         &sel.gen_dir,
         sel.started,
-    ))
+    ) {
+        Ok(never) => match never {},
+        Err(e) => Err(e),
+    }
 }
 
 /// One mapping of tree shared memory in this process: (start, the object's fd, its
@@ -268,6 +274,7 @@ pub(super) fn exec_stage2(
     match place_and_exec(
         meta,
         image_file,
+        Vec::new(),
         stage2_file,
         files,
         shm,
@@ -285,6 +292,7 @@ pub(super) fn exec_stage2(
 fn place_and_exec(
     meta: &torpor_image::meta::ProcessMeta,
     image_file: File,
+    chain: Vec<torpor_image::ImageReader>,
     stage2_file: &File,
     files: Vec<(i32, OwnedFd)>,
     shm: &[ShmMap],
@@ -298,6 +306,14 @@ fn place_and_exec(
     let max_target = meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
     let base = max_target + 1;
     let image_fd = move_above(OwnedFd::from(image_file), base, false)?;
+    // Older images of an incremental chain, read by stage 2 too.
+    let mut chain_metas = Vec::new();
+    for r in chain {
+        let (f, m) = r.into_parts();
+        chain_metas.push((m, move_above(OwnedFd::from(f), base, false)?));
+    }
+    let chain_refs: Vec<(&torpor_image::meta::ProcessMeta, i32)> =
+        chain_metas.iter().map(|(m, fd)| (m, *fd)).collect();
     // SAFETY: F_DUPFD_CLOEXEC of the stage 2 memfd, owned by the new number.
     let stage2_fd = move_above(
         stage2_file
@@ -349,6 +365,7 @@ fn place_and_exec(
         .map(|s| s.1)
         .chain([image_fd, stage2_fd])
         .chain(shm_fds.iter().copied())
+        .chain(chain_refs.iter().map(|c| c.1))
         .collect();
     for fd in fds_open() {
         if fd > 2 && !keep.contains(&fd) {
@@ -356,10 +373,10 @@ fn place_and_exec(
             unsafe { libc::close(fd) };
         }
     }
-    let plan_probe = build_plan_closing(meta, image_fd, 0, same_pids, &shm_fds);
+    let plan_probe = build_plan_chain(meta, image_fd, &chain_refs, 0, same_pids, &shm_fds);
     let plan_file = memfd(c"torpor-plan", &plan_probe)?;
     let plan_fd = move_above(OwnedFd::from(plan_file), base, false)?;
-    let plan = build_plan_closing(meta, image_fd, plan_fd, same_pids, &shm_fds);
+    let plan = build_plan_chain(meta, image_fd, &chain_refs, plan_fd, same_pids, &shm_fds);
     // SAFETY: pwrite into our own memfd (same length as before).
     unsafe { libc::pwrite(plan_fd, plan.as_ptr() as *const libc::c_void, plan.len(), 0) };
     for (target, fd) in &staged {

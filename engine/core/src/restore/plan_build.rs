@@ -47,35 +47,45 @@ pub fn build_plan_closing(
     same_pids: bool,
     close: &[i32],
 ) -> Vec<u8> {
+    build_plan_chain(meta, image_fd, &[], plan_fd, same_pids, close)
+}
+
+/// [`build_plan_closing`] for an incremental image: `chain` are its parent, grandparent,
+/// ... back to a full image, each with the fd stage 2 reads it from. Every page comes
+/// from the newest image of the chain that describes it (chain::resolve).
+pub fn build_plan_chain(
+    meta: &ProcessMeta,
+    image_fd: i32,
+    chain: &[(&ProcessMeta, i32)],
+    plan_fd: i32,
+    same_pids: bool,
+    close: &[i32],
+) -> Vec<u8> {
     let mut close_fds = [-1i64; 8];
     for (slot, &fd) in close_fds.iter_mut().zip(close) {
         *slot = fd as i64;
     }
+    let mut chain_fds = [-1i64; MAX_CHAIN];
+    for (slot, (_, fd)) in chain_fds.iter_mut().zip(chain) {
+        *slot = *fd as i64;
+    }
+    let all: Vec<(&ProcessMeta, i32)> = std::iter::once((meta, image_fd))
+        .chain(chain.iter().copied())
+        .collect();
     let mut strings = vec![0u8];
     let mut regions = Vec::new();
     let mut extents = Vec::new();
-    let mut chunks = meta.chunks.clone();
-    chunks.sort_by_key(|c| c.vaddr);
-    let mut ci = 0;
+    let sorted: Vec<Vec<Chunk>> = all
+        .iter()
+        .map(|(m, _)| {
+            let mut c = m.chunks.clone();
+            c.sort_by_key(|c| c.vaddr);
+            c
+        })
+        .collect();
     for r in &meta.regions {
         let first = extents.len() as u64;
-        while ci < chunks.len() && chunks[ci].vaddr < r.start {
-            ci += 1;
-        }
-        while ci < chunks.len() && chunks[ci].vaddr < r.end {
-            let c = chunks[ci];
-            extents.push(PlanExtent {
-                vaddr: c.vaddr,
-                len: c.len,
-                file_off: c.offset,
-                stored_len: c.stored_len,
-                codec: match c.codec {
-                    Codec::Raw => CODEC_RAW,
-                    Codec::Lz4 => CODEC_LZ4,
-                },
-            });
-            ci += 1;
-        }
+        super::chain::resolve(r, &all, &sorted, &mut extents);
         let kind = kind_code(r.kind);
         let path_off = if matches!(kind, KIND_FILE_PRIVATE | KIND_FILE_SHARED) {
             let off = strings.len() as u64;
@@ -188,13 +198,19 @@ pub fn build_plan_closing(
         // Off by default: on the VMs measured, clearing fresh 2 MiB pages sometimes
         // cost more than 4 KiB faults (engine.md §10).
         thp: (std::env::var("TORPOR_RESTORE_THP").as_deref() == Ok("1")) as u64,
-        scratch_len: meta
-            .chunks
+        scratch_len: extents
             .iter()
-            .filter(|c| c.codec != Codec::Raw)
-            .map(|c| c.stored_len.next_multiple_of(4096))
+            .filter(|e| e.codec != CODEC_RAW)
+            .map(|e| e.stored_len.next_multiple_of(4096))
             .max()
             .unwrap_or(0),
+        dec_len: extents
+            .iter()
+            .filter(|e| e.codec != CODEC_RAW && (e.skip != 0 || e.dec_len != e.len))
+            .map(|e| e.dec_len.next_multiple_of(4096))
+            .max()
+            .unwrap_or(0),
+        chain_fds,
         attempt_plus1: std::env::var("TORPOR_ATTEMPT")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())

@@ -25,6 +25,8 @@ pub struct Selected {
     pub started: std::time::Instant,
     /// The generation's manifest (absent when an image file was given).
     pub manifest: Option<torpor_image::store::Manifest>,
+    /// An incremental image's parent, grandparent, ... back to a full image.
+    pub chain: Vec<ImageReader>,
 }
 
 pub(super) fn open_checked(img: &Path) -> Result<ImageReader, RestoreError> {
@@ -41,7 +43,9 @@ pub(super) fn open_checked(img: &Path) -> Result<ImageReader, RestoreError> {
     Ok(r)
 }
 
-fn open_gen(gen_dir: &Path) -> Result<(ImageReader, torpor_image::store::Manifest), RestoreError> {
+type Opened = (ImageReader, torpor_image::store::Manifest, Vec<ImageReader>);
+
+fn open_gen(gen_dir: &Path) -> Result<Opened, RestoreError> {
     // The generation and its manifest must be the caller's too: another user must not be
     // able to point us at images or captured files of their choosing.
     for p in [gen_dir.to_path_buf(), gen_dir.join(MANIFEST)] {
@@ -65,11 +69,16 @@ fn open_gen(gen_dir: &Path) -> Result<(ImageReader, torpor_image::store::Manifes
         .first()
         .ok_or_else(|| RestoreError::NoImage(gen_dir.into()))?;
     let first = open_checked(&gen_dir.join(&p.image))?;
+    // An incremental image is valid only with its whole chain (ADR 0009).
+    let chain = super::chain::open_chain(&gen_dir.join(&p.image), first.meta())?;
     // A process tree is valid only as a whole (ADR 0006).
     for other in m.processes.iter().skip(1).filter(|p| !p.image.is_empty()) {
-        open_checked(&gen_dir.join(&other.image))?;
+        let r = open_checked(&gen_dir.join(&other.image))?;
+        if r.meta().parent.is_some() {
+            return Err(RestoreError::NoImage(gen_dir.join(&other.image)));
+        }
     }
-    Ok((first, m))
+    Ok((first, m, chain))
 }
 
 /// Chooses what to restore from `path`: an image file, a generation directory, or a
@@ -78,6 +87,7 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
     let started = std::time::Instant::now();
     if path.is_file() {
         let reader = open_checked(path)?;
+        let chain = super::chain::open_chain(path, reader.meta())?;
         return Ok(Selected {
             gen_dir: path.parent().unwrap_or(Path::new(".")).into(),
             generation: None,
@@ -85,10 +95,11 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
             skipped: vec![],
             started,
             manifest: None,
+            chain,
         });
     }
     if path.join(MANIFEST).is_file() {
-        let (reader, manifest) = open_gen(path)?;
+        let (reader, manifest, chain) = open_gen(path)?;
         return Ok(Selected {
             gen_dir: path.into(),
             generation: None,
@@ -96,6 +107,7 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
             skipped: vec![],
             started,
             manifest: Some(manifest),
+            chain,
         });
     }
     let store = Store::new(path);
@@ -106,7 +118,7 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
     let mut skipped = Vec::new();
     for &g in gens.iter().rev() {
         match open_gen(&store.gen_dir(g)) {
-            Ok((reader, manifest)) => {
+            Ok((reader, manifest, chain)) => {
                 return Ok(Selected {
                     gen_dir: store.gen_dir(g),
                     generation: Some(g),
@@ -114,6 +126,7 @@ pub fn select(path: &Path) -> Result<Selected, RestoreError> {
                     skipped,
                     started,
                     manifest: Some(manifest),
+                    chain,
                 })
             }
             Err(e @ RestoreError::Owner { .. }) => return Err(e),

@@ -151,6 +151,8 @@ mod tests {
                 pages_zero: 0,
                 flags: vec![],
                 captured: None,
+                inherit: false,
+                written: Vec::new(),
             }],
             ..Default::default()
         }
@@ -292,6 +294,51 @@ mod tests {
             std::fs::write(&q, &orig[..cut]).unwrap();
             assert!(ImageReader::open(&q).is_err(), "cut at {cut} not detected");
         }
+    }
+
+    /// Incremental metadata (3.0): inheriting regions need a parent, written ranges must
+    /// be well formed, and chunks of an inheriting region lie in its written ranges.
+    #[test]
+    fn incremental_metadata_is_validated() {
+        let chunk = Chunk {
+            vaddr: 0x11000,
+            len: 4096,
+            offset: 4096,
+            stored_len: 4096,
+            codec: Codec::Raw,
+            checksum: 0,
+        };
+        let good = || {
+            let mut m = sample();
+            m.parent = Some(ParentRef::default());
+            m.regions[0].inherit = true;
+            m.regions[0].written = vec![[0x11000, 0x12000], [0x13000, 0x14000]];
+            m.chunks = vec![chunk];
+            m
+        };
+        assert_eq!(validate_meta(&good(), 8192), Ok(()));
+        let mut m = good();
+        m.parent = None;
+        assert!(validate_meta(&m, 8192).is_err(), "inherit without a parent");
+        let mut m = good();
+        m.regions[0].inherit = false;
+        assert!(validate_meta(&m, 8192).is_err(), "written without inherit");
+        for bad in [
+            vec![[0x12000, 0x11000]],
+            vec![[0x11000, 0x11800]],
+            vec![[0x13000, 0x14000], [0x11000, 0x12000]],
+            vec![[0x11000, 0x15000]],
+        ] {
+            let mut m = good();
+            m.regions[0].written = bad.clone();
+            assert!(validate_meta(&m, 8192).is_err(), "{bad:x?}");
+        }
+        let mut m = good();
+        m.chunks[0].vaddr = 0x12000;
+        assert!(
+            validate_meta(&m, 8192).is_err(),
+            "chunk outside the written pages"
+        );
     }
 
     #[test]

@@ -35,12 +35,43 @@ pub(super) fn validate(m: &ProcessMeta, data_end: u64) -> Result<(), String> {
         if r.pages_saved > (r.end - r.start) / PAGE_SIZE {
             return Err(format!("region {:#x} claims too many pages", r.start));
         }
+        if r.inherit && m.parent.is_none() {
+            return Err(format!(
+                "region {:#x} inherits pages but the image names no parent",
+                r.start
+            ));
+        }
+        if !r.inherit && !r.written.is_empty() {
+            return Err(format!(
+                "region {:#x} lists written pages but is full",
+                r.start
+            ));
+        }
+        let mut w_end = r.start;
+        for &[a, b] in &r.written {
+            if a % PAGE_SIZE != 0 || b % PAGE_SIZE != 0 || a >= b || a < w_end || b > r.end {
+                return Err(format!(
+                    "region {:#x}: written range {a:#x}-{b:#x} is malformed",
+                    r.start
+                ));
+            }
+            w_end = b;
+        }
         prev_end = r.end;
     }
     for c in &m.chunks {
         let end = c.vaddr.saturating_add(c.len);
         let inside = m.regions.iter().any(|r| r.start <= c.vaddr && end <= r.end);
         let stored_end = c.offset.saturating_add(c.stored_len);
+        // In an inheriting region, chunks hold written pages only.
+        let in_written = |r: &crate::meta::Region| {
+            !r.inherit || r.written.iter().any(|&[a, b]| a <= c.vaddr && end <= b)
+        };
+        let inside = inside
+            && m.regions
+                .iter()
+                .filter(|r| r.start <= c.vaddr && end <= r.end)
+                .all(in_written);
         if !inside
             || c.len % PAGE_SIZE != 0
             || c.len == 0
