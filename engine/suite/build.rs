@@ -33,6 +33,12 @@ const PROGS: &[&str] = &[
     "tree_shm",
     "tree_socketpair",
     "tree_orphan",
+    "tree_shared_log",
+    "tree_fifo",
+    "tree_dgram",
+    "tree_unix_server",
+    "tree_tcp",
+    "tree_scm",
 ];
 
 fn main() {

@@ -119,6 +119,7 @@ pub(crate) static FDS: Cell<[FdSnap; MAX_FDS]> = Cell(UnsafeCell::new(
         captured: 0,
         sidecars: 0,
         no_writers: 0,
+        internal: 0,
     }; MAX_FDS],
 ));
 
@@ -198,16 +199,18 @@ pub(crate) fn snapshot_fds(fd_dir: i32, exclude: &[i32], files_fd: i32, limit: u
             }
             s.offset = libc::lseek(fd, 0, libc::SEEK_CUR);
         }
+        s.internal = stdio_internal(fd, s.mode) as u32;
         let acc = s.flags & libc::O_ACCMODE;
         let is_reg = s.mode & libc::S_IFMT == libc::S_IFREG;
         let needs_copy = is_reg
-            && fd > 2
+            && (fd > 2 || s.internal != 0)
             && acc != libc::O_RDONLY
             && s.flags & libc::O_APPEND == 0
             && !(acc == libc::O_WRONLY && s.offset == s.size);
         // In a Slurm task the job's output files are put back on restart (Slurm truncates
         // them when the job runs again), so their contents go with the generation.
-        let stdio_copy = is_reg && fd <= 2 && acc != libc::O_RDONLY && SLURM.load(SeqCst);
+        let stdio_copy =
+            is_reg && fd <= 2 && s.internal == 0 && acc != libc::O_RDONLY && SLURM.load(SeqCst);
         if stdio_copy {
             s.captured = if (s.size as u64) <= limit && copy_file(fd, files_fd, s.size as u64) {
                 1
@@ -226,6 +229,46 @@ pub(crate) fn snapshot_fds(fd_dir: i32, exclude: &[i32], files_fd: i32, limit: u
         n += 1;
     });
     n
+}
+
+/// fd 0-2 of a tree member on a regular file or named FIFO that is not one of the
+/// root's fds 0-2 (`kcmp`): a redirection made inside the tree (`cmd > log`), which a
+/// restore must reopen, unlike the launch's stdio that every process inherits.
+fn stdio_internal(fd: i32, mode: u32) -> bool {
+    let fmt = mode & libc::S_IFMT;
+    if fd > 2 || !(fmt == libc::S_IFREG || fmt == libc::S_IFIFO && !is_anon_pipe(fd)) {
+        return false;
+    }
+    if !crate::tree::MEMBER.load(SeqCst) {
+        return false;
+    }
+    let root = crate::tree::ROOT_PID.load(SeqCst);
+    let me = sys::getpid();
+    if root <= 0 || root == me {
+        return false;
+    }
+    // SAFETY: kcmp(KCMP_FILE = 0) compares our fd with the root's stdio fds.
+    !(0..3).any(|r| unsafe { libc::syscall(libc::SYS_kcmp, me, root, 0, fd, r) } == 0)
+}
+
+/// Whether `fd` is an anonymous pipe (`pipe:[N]`) rather than a named FIFO. No allocation.
+pub(crate) fn is_anon_pipe(fd: i32) -> bool {
+    let mut link = [0u8; 48];
+    let mut nb = [0u8; 24];
+    let digits = sys::itoa(fd as u64, &mut nb);
+    let pre = b"/proc/self/fd/";
+    link[..pre.len()].copy_from_slice(pre);
+    link[pre.len()..pre.len() + digits.len()].copy_from_slice(digits);
+    let mut t = [0u8; 16];
+    // SAFETY: readlink into our buffer.
+    let n = unsafe {
+        libc::readlink(
+            link.as_ptr() as *const libc::c_char,
+            t.as_mut_ptr() as *mut libc::c_char,
+            t.len(),
+        )
+    };
+    n >= 5 && &t[..5] == b"pipe:"
 }
 
 /// Which SQLite sidecars exist next to the file open at `fd`. No allocation.

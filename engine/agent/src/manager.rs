@@ -569,7 +569,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
             ));
         }
     }
-    let pipes_ok = role.after_stop().and_then(|()| {
+    let pipes_ok = role.after_stop().map_err(|e| (-1, e)).and_then(|()| {
         if !matches!(role, Role::Single) {
             // With the whole tree stopped.
             // SAFETY: manager-only table; no reference into it is used across this call.
@@ -588,7 +588,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         role.abort();
         release();
         cleanup(pending);
-        return Outcome::Failed(why.into());
+        return Outcome::Failed(tree::fd_error_text(why));
     }
     marks[1] = sys::now_ns();
     // SAFETY: filled just above; manager-only.

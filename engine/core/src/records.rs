@@ -60,6 +60,9 @@ pub struct FdSnap {
     pub sidecars: u32,
     /// A pipe read end that was empty with no writer left anywhere (reads give EOF).
     pub no_writers: u32,
+    /// fd 0-2 of a tree member opened inside the tree (a shell redirection), not the
+    /// launch's stdio it inherited from the root: restored like any other fd.
+    pub internal: u32,
 }
 
 /// Names of the sidecar files checked next to a captured file (SQLite's).

@@ -281,8 +281,26 @@ pub enum FdKind {
     Pipe,
     /// One end of a connected, unnamed Unix stream socket pair (`pipe_ino` is this end's
     /// inode, `peer_ino` the other's); recreated with the data queued for each end
-    /// (`pipes/<ino>`).
+    /// (`pipes/<ino>`). A connection accepted from a listener of the tree (`sock_name` is
+    /// the listener's name) is recreated by connecting to and accepting from it.
     UnixStream,
+    /// A named FIFO (`path`, `pipe_ino` its inode): reopened by path with its flags; the
+    /// data buffered in it at the checkpoint is written back once (`pipes/<ino>`).
+    Fifo,
+    /// One end of a connected, unnamed Unix datagram socket pair (`pipe_ino`, `peer_ino`
+    /// as for `unix_stream`); the queued datagrams (`pipes/<ino>`: each a 4-byte
+    /// little-endian length and its bytes) are sent again from the other end.
+    UnixDgram,
+    /// A listening Unix stream socket bound to `sock_name` with `backlog`; `queued`
+    /// connections were waiting to be accepted (their clients are `unix_stream` ends
+    /// with `peer_ino` 0 and `peer_name` this name).
+    UnixListen,
+    /// A listening TCP socket on `sock_name` (`address:port`).
+    TcpListen,
+    /// One end of an established loopback TCP connection between processes of the tree
+    /// (`sock_name` this end's address, `peer_name` the other's); recreated through the
+    /// tree's listener on the server's port with the data queued for each end.
+    Tcp,
 }
 
 /// What a restore does to the file's contents before reopening it.
@@ -333,6 +351,23 @@ pub struct FdMeta {
     /// For a pipe's read end: the pipe was empty and had no writer left (EOF).
     #[serde(default)]
     pub pipe_no_writers: bool,
+    /// Sockets: the name this socket is bound to (a path, `@name` for an abstract Unix
+    /// name, `address:port` for TCP), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sock_name: Option<String>,
+    /// TCP: the peer's `address:port`; a Unix stream client whose connection was not
+    /// accepted yet (`peer_ino` 0): the listener's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_name: Option<String>,
+    /// Listening sockets: the backlog given to `listen`.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub backlog: u32,
+    /// Listening sockets: how many connections were waiting to be accepted.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub queued: u32,
+    /// Sockets: `shutdown` already done on this end (bit 0 reading, bit 1 writing).
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub shutdown: u8,
 }
 
 /// Process-wide attributes.
@@ -368,4 +403,12 @@ impl ProcessMeta {
     pub fn pages_zero(&self) -> u64 {
         self.regions.iter().map(|r| r.pages_zero).sum()
     }
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_zero_u8(v: &u8) -> bool {
+    *v == 0
 }

@@ -119,6 +119,10 @@ pub struct Manifest {
     /// Shared memory mapped by several processes of a tree (process trees ADR).
     #[serde(default)]
     pub shared: Vec<SharedMemory>,
+    /// Open file descriptions held by several processes of a tree (inherited or passed
+    /// fds: one offset): recreated once and given to every holder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_files: Vec<SharedFile>,
     /// xxh3-64 (hex) of every captured file under `files/`, by name (filled by commit).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
@@ -274,6 +278,14 @@ pub struct SharedMemory {
     pub len: u64,
     /// (pid, start address) of every mapping.
     pub members: Vec<(i32, u64)>,
+}
+
+/// One open file description (regular file or named FIFO) held by several processes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedFile {
+    /// (pid, fd) of every holder.
+    pub members: Vec<(i32, i32)>,
 }
 
 /// The image directory of one program.

@@ -234,6 +234,36 @@ pub fn named(name: &str) -> Option<Case> {
             tree: true,
             ..Case::native("tree_pipes", 1)
         },
+        "tree_shared_log" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_shared_log", 1)
+        },
+        "tree_fifo" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_fifo", 1)
+        },
+        "tree_dgram" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_dgram", 1)
+        },
+        "tree_unix_server" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_unix_server", 1)
+        },
+        "tree_tcp" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_tcp", 1)
+        },
+        "tree_scm" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_scm", 1)
+        },
         _ => return None,
     };
     Some(c)

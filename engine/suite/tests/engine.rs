@@ -79,4 +79,9 @@ cases!(
     python_pool,
     tree_socketpair,
     tree_orphan,
+    tree_shared_log,
+    tree_fifo,
+    tree_dgram,
+    tree_unix_server,
+    tree_scm,
 );

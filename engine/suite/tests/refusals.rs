@@ -111,15 +111,42 @@ print("done", flush=True)
     );
 }
 
+// A regular file's offset shared between processes is no longer refused: the engine
+// suite's tree_shared_log and tree_scm cases restore it.
+
 #[test]
-fn file_offset_shared_between_processes() {
+fn data_sent_to_a_connection_not_yet_accepted() {
     refused(
-        "offset",
+        "embryo",
         r#"
-import os, time
-f = open("data", "w+")
-f.write("x" * 100)
-f.flush()
+import os, socket, time
+srv = socket.socket(socket.AF_UNIX)
+srv.bind("srv.sock")
+srv.listen(2)
+pid = os.fork()
+if pid == 0:
+    c = socket.socket(socket.AF_UNIX)
+    c.connect("srv.sock")
+    c.send(b"hello before accept")
+    time.sleep(3)
+    os._exit(0)
+time.sleep(0.3)
+print("READY", os.getpid(), flush=True)
+os.waitpid(pid, 0)
+print("done", flush=True)
+"#,
+        "has not accepted yet",
+    );
+}
+
+#[test]
+fn named_datagram_socket() {
+    refused(
+        "dgram",
+        r#"
+import os, socket, time
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv.bind("dgram.sock")
 pid = os.fork()
 if pid == 0:
     time.sleep(3)
@@ -128,6 +155,26 @@ print("READY", os.getpid(), flush=True)
 os.waitpid(pid, 0)
 print("done", flush=True)
 "#,
-        "one shared offset",
+        "fd 3",
+    );
+}
+
+#[test]
+fn udp_socket() {
+    refused(
+        "udp",
+        r#"
+import os, socket, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.1", 0))
+pid = os.fork()
+if pid == 0:
+    time.sleep(3)
+    os._exit(0)
+print("READY", os.getpid(), flush=True)
+os.waitpid(pid, 0)
+print("done", flush=True)
+"#,
+        "only Unix stream and datagram socket pairs",
     );
 }

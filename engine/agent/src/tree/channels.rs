@@ -1,73 +1,251 @@
-//! Kernel objects between processes: pipe and socketpair data saved without consuming it, writer-less pipes, and the checks on shared open files.
+//! Kernel objects between processes: pipe, FIFO and socket data saved without consuming
+//! it, writer-less pipes, the open file descriptions shared between processes, and the
+//! checks on sockets.
 
 use super::*;
+use torpor_image::meta::FdMeta;
+use torpor_image::store::SharedFile;
 
-fn fd_flags(pid: i32, fd: i32) -> i32 {
-    let t = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-    t.lines()
-        .find_map(|l| l.strip_prefix("flags:"))
-        .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
-        .unwrap_or(0)
+/// One regular-file or FIFO fd of a process of the tree, to find the open file
+/// descriptions (offsets) that several processes share.
+#[derive(Clone, Copy, Default)]
+struct OpenFd {
+    pid: i32,
+    fd: i32,
+    dev: u64,
+    ino: u64,
+    /// Index of the first entry sharing this one's open file description.
+    group: u32,
 }
 
-/// A regular file whose open file description (and so its offset) is shared by two
-/// processes of the tree (inherited fds): each would get its own at restore.
-pub fn shared_file_conflict(pids: &[i32]) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut files: Vec<(i32, i32, u64, u64)> = Vec::new();
-    for &pid in pids {
-        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if fd <= 2 {
-                continue;
-            }
-            let Ok(md) = std::fs::metadata(e.path()) else {
-                continue;
-            };
-            if md.is_file() && fd_flags(pid, fd) & libc::O_APPEND == 0 {
-                files.push((pid, fd, md.dev(), md.ino()));
-            }
+/// The regular files and FIFOs open in the tree, grouped by open file description
+/// (`kcmp(KCMP_FILE)`) while the whole tree is stopped. Its room is reserved before the
+/// pause: scanning does not allocate.
+pub struct FileTable {
+    entries: Vec<OpenFd>,
+    overflow: bool,
+}
+
+impl FileTable {
+    /// Room for the fds open in `pids` now, with a margin.
+    pub fn for_tree(pids: &[i32]) -> FileTable {
+        let now: usize = pids
+            .iter()
+            .map(|p| {
+                std::fs::read_dir(format!("/proc/{p}/fd"))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+            })
+            .sum();
+        FileTable {
+            entries: Vec::with_capacity(now * 2 + 256),
+            overflow: false,
         }
     }
-    for (i, a) in files.iter().enumerate() {
-        for b in &files[i + 1..] {
-            if a.0 == b.0 || (a.2, a.3) != (b.2, b.3) {
+
+    /// Lists the regular files and FIFOs of process `pid`. Pause-safe: no allocation.
+    pub fn scan(&mut self, proc_fd: i32, pid: i32) {
+        let mut name = [0u8; 40];
+        let mut nb = [0u8; 24];
+        let d = sys::itoa(pid as u64, &mut nb);
+        name[..d.len()].copy_from_slice(d);
+        name[d.len()..d.len() + 3].copy_from_slice(b"/fd");
+        // SAFETY: openat with a NUL-terminated name under /proc.
+        let dir = unsafe {
+            libc::openat(
+                proc_fd,
+                name.as_ptr() as *const libc::c_char,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if dir < 0 {
+            return;
+        }
+        let entries = &mut self.entries;
+        let overflow = &mut self.overflow;
+        crate::fds::for_each_num(dir, |fd| {
+            let mut fb = [0u8; 24];
+            let mut n = [0u8; 24];
+            let digits = sys::itoa(fd as u64, &mut fb);
+            n[..digits.len()].copy_from_slice(digits);
+            // SAFETY: fstatat follows the /proc magic link to the open file; st is local.
+            let st = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                (libc::fstatat(dir, n.as_ptr() as *const libc::c_char, &mut st, 0) == 0)
+                    .then_some(st)
+            };
+            let Some(st) = st else {
+                return;
+            };
+            let fmt = st.st_mode & libc::S_IFMT;
+            if fmt != libc::S_IFREG && fmt != libc::S_IFIFO {
+                return;
+            }
+            if entries.len() == entries.capacity() {
+                *overflow = true;
+                return;
+            }
+            entries.push(OpenFd {
+                pid,
+                fd,
+                dev: st.st_dev,
+                ino: st.st_ino,
+                group: 0,
+            });
+        });
+        close(dir);
+    }
+
+    /// Groups the entries by open file description. Pause-safe: no allocation.
+    pub fn group(&mut self) -> Result<(), &'static str> {
+        if self.overflow {
+            return Err("too many open files in the process tree to compare their offsets");
+        }
+        let e = &mut self.entries;
+        e.sort_unstable_by_key(|x| (x.dev, x.ino, x.pid, x.fd));
+        let mut run = 0usize;
+        for i in 0..e.len() {
+            if i > 0 && (e[i].dev, e[i].ino) != (e[i - 1].dev, e[i - 1].ino) {
+                run = i;
+            }
+            e[i].group = i as u32;
+            for j in run..i {
+                if e[j].group != j as u32 {
+                    continue;
+                }
+                // SAFETY: kcmp(KCMP_FILE = 0) compares fds of two processes we own.
+                if unsafe { libc::syscall(libc::SYS_kcmp, e[i].pid, e[j].pid, 0, e[i].fd, e[j].fd) }
+                    == 0
+                {
+                    e[i].group = j as u32;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The open file descriptions held by more than one process, for the manifest. The
+    /// launch's stdio (the root's fds 0-2, inherited by every process) is left out: each
+    /// process gets the new launch's.
+    pub fn shared(&self, root: i32) -> Vec<SharedFile> {
+        let mut out: Vec<SharedFile> = Vec::new();
+        for (i, head) in self.entries.iter().enumerate() {
+            if head.group != i as u32 {
                 continue;
             }
-            // SAFETY: kcmp(KCMP_FILE = 0) compares two fds of processes we own.
-            if unsafe { libc::syscall(libc::SYS_kcmp, a.0, b.0, 0, a.1, b.1) } == 0 {
-                let path =
-                    std::fs::read_link(format!("/proc/{}/fd/{}", a.0, a.1)).unwrap_or_default();
-                return Some(format!(
-                    "{} is open in processes {} (fd {}) and {} (fd {}) with one shared offset; \
-                     files shared between processes are not supported yet (except O_APPEND)",
-                    path.display(),
-                    a.0,
-                    a.1,
-                    b.0,
-                    b.1
+            let mut members: Vec<(i32, i32)> = self
+                .entries
+                .iter()
+                .filter(|x| x.group == i as u32)
+                .map(|x| (x.pid, x.fd))
+                .collect();
+            if members.iter().any(|&(p, fd)| p == root && fd <= 2) {
+                members.retain(|m| m.1 > 2);
+            }
+            if members.iter().any(|m| m.0 != members[0].0) {
+                out.push(SharedFile { members });
+            }
+        }
+        out
+    }
+}
+
+/// Whether `client` (a connection its server has not accepted yet: `peer_ino` 0) waits
+/// in the queue of `listener`.
+pub fn waits_on(listener: &FdMeta, client: &FdMeta) -> bool {
+    if client.peer_ino != 0 || client.peer_name.is_none() {
+        return false;
+    }
+    match (listener.kind, client.kind) {
+        (FdKind::UnixListen, FdKind::UnixStream) => listener.sock_name == client.peer_name,
+        (FdKind::TcpListen, FdKind::Tcp) => {
+            let split = |s: &str| {
+                s.rsplit_once(':')
+                    .map(|(a, p)| (a.to_string(), p.to_string()))
+            };
+            let (Some((la, lp)), Some((ca, cp))) = (
+                listener.sock_name.as_deref().and_then(split),
+                client.peer_name.as_deref().and_then(split),
+            ) else {
+                return false;
+            };
+            lp == cp && (la == ca || la == "0.0.0.0" || la == "[::]")
+        }
+        _ => false,
+    }
+}
+
+/// After the writers: every socket above fd 2 must be reachable from the tree: its
+/// peer in the tree, the listener it waits on in the tree, and every connection a
+/// listener holds from a client in the tree.
+pub fn check_sockets(socks: &[(i32, FdMeta)]) -> Result<(), String> {
+    for (pid, f) in socks.iter().filter(|s| s.1.fd > 2) {
+        let connected = matches!(f.kind, FdKind::UnixStream | FdKind::UnixDgram | FdKind::Tcp);
+        if connected && f.peer_ino != 0 && !socks.iter().any(|(_, o)| o.pipe_ino == f.peer_ino) {
+            return Err(format!(
+                "process {pid} fd {} is a socket (socket:[{}]) whose peer is outside the checkpointed process tree; such sockets are not supported",
+                f.fd, f.pipe_ino
+            ));
+        }
+        if connected && f.peer_ino == 0 && !socks.iter().any(|(_, l)| waits_on(l, f)) {
+            return Err(format!(
+                "process {pid} fd {} is a connection to {} not yet accepted by its listener, which is outside the checkpointed process tree",
+                f.fd,
+                f.peer_name.as_deref().unwrap_or("?")
+            ));
+        }
+        if matches!(f.kind, FdKind::UnixListen | FdKind::TcpListen) {
+            let mut clients: Vec<u64> = socks
+                .iter()
+                .filter(|(_, c)| waits_on(f, c))
+                .map(|(_, c)| c.pipe_ino)
+                .collect();
+            clients.sort_unstable();
+            clients.dedup();
+            if clients.len() < f.queued as usize {
+                return Err(format!(
+                    "process {pid} fd {} listens on {} with {} connections waiting to be accepted from clients outside the checkpointed process tree",
+                    f.fd,
+                    f.sock_name.as_deref().unwrap_or("?"),
+                    f.queued as usize - clients.len()
                 ));
             }
         }
     }
-    None
+    Ok(())
+}
+
+/// A pause-time failure on one fd (-1: not about one fd) and its reason.
+pub type FdError = (i32, &'static str);
+
+/// The message for a pause-time failure, once the program runs again.
+pub fn fd_error_text((fd, why): FdError) -> String {
+    if fd < 0 {
+        why.to_string()
+    } else {
+        format!("fd {fd}: {why}")
+    }
 }
 
 /// Copies the data buffered in every pipe this process can read into
 /// `pipes/<inode>` (first process wins), without consuming it: `tee` into a scratch
 /// pipe, then `splice` into the file. Runs with the whole tree stopped. Pause-safe.
-pub fn save_pipes(fds: &[FdSnap], pipes_fd: i32) -> Result<(), &'static str> {
+pub fn save_pipes(fds: &[FdSnap], pipes_fd: i32) -> Result<(), FdError> {
     let mut peek_buf: (*mut u8, usize) = (std::ptr::null_mut(), 0);
     let mut res = Ok(());
     for s in fds {
         let fmt = s.mode & libc::S_IFMT;
-        let sock = fmt == libc::S_IFSOCK && is_unix_stream(s.fd);
-        if !(sock || fmt == libc::S_IFIFO && s.flags & libc::O_ACCMODE != libc::O_WRONLY) {
+        let sock = if fmt == libc::S_IFSOCK {
+            socket_kind(s.fd)
+        } else {
+            Sock::Other
+        };
+        let write_only = s.flags & libc::O_ACCMODE == libc::O_WRONLY;
+        // A named FIFO held only for writing is read through a new read end.
+        let fifo_writer = fmt == libc::S_IFIFO && write_only && !crate::fds::is_anon_pipe(s.fd);
+        let pipe = fmt == libc::S_IFIFO && (!write_only || fifo_writer);
+        if sock == Sock::Other && !pipe {
             continue;
         }
         let mut nb = [0u8; 24];
@@ -87,57 +265,90 @@ pub fn save_pipes(fds: &[FdSnap], pipes_fd: i32) -> Result<(), &'static str> {
             if sys::errno() == libc::EEXIST {
                 continue; // another process of the tree saved it
             }
-            res = Err("cannot create a pipe data file");
+            res = Err((s.fd, "cannot create a pipe data file"));
             break;
         }
-        let r = if sock {
-            peek_into(s.fd, out, &mut peek_buf)
-        } else {
-            tee_into(s.fd, out)
+        let r = match sock {
+            Sock::Stream => peek_into(s.fd, out, &mut peek_buf),
+            Sock::Dgram => peek_dgrams(s.fd, out, &mut peek_buf),
+            Sock::Other if fifo_writer => {
+                let mut link = [0u8; 48];
+                let pre = b"/proc/self/fd/";
+                let d = sys::itoa(s.fd as u64, &mut nb);
+                link[..pre.len()].copy_from_slice(pre);
+                link[pre.len()..pre.len() + d.len()].copy_from_slice(d);
+                let rd = sys_open(&link, libc::O_RDONLY | libc::O_NONBLOCK);
+                if rd < 0 {
+                    Err("cannot open a named FIFO for reading its data")
+                } else {
+                    let r = tee_into(rd, out);
+                    close(rd);
+                    r
+                }
+            }
+            Sock::Other => tee_into(s.fd, out),
         };
         close(out);
-        if r.is_err() {
-            res = r;
+        if let Err(why) = r {
+            res = Err((s.fd, why));
             break;
         }
     }
     if !peek_buf.0.is_null() {
-        // SAFETY: unmaps the buffer mapped by peek_into.
+        // SAFETY: unmaps the buffer mapped by peek_buffer.
         unsafe { libc::munmap(peek_buf.0 as *mut libc::c_void, peek_buf.1) };
     }
     res
 }
 
-fn is_unix_stream(fd: i32) -> bool {
-    let (mut dom, mut ty) = (0i32, 0i32);
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Sock {
+    /// Connected byte stream: Unix stream or TCP.
+    Stream,
+    /// Connected Unix datagram socket.
+    Dgram,
+    /// Listening, unconnected, or of another kind: nothing to save.
+    Other,
+}
+
+fn sockopt(fd: i32, level: i32, opt: i32) -> i32 {
+    let mut v = 0i32;
     let mut l = 4u32;
-    // SAFETY: getsockopt into locals of the right size.
-    unsafe {
+    // SAFETY: getsockopt into a local of the right size.
+    let r = unsafe {
         libc::getsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            &mut dom as *mut i32 as *mut libc::c_void,
+            level,
+            opt,
+            &mut v as *mut i32 as *mut libc::c_void,
             &mut l,
-        );
-        l = 4;
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            &mut ty as *mut i32 as *mut libc::c_void,
-            &mut l,
-        );
+        )
+    };
+    if r == 0 {
+        v
+    } else {
+        -1
     }
-    dom == libc::AF_UNIX && ty == libc::SOCK_STREAM
+}
+
+fn socket_kind(fd: i32) -> Sock {
+    let dom = sockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN);
+    let ty = sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE);
+    if sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == 1 {
+        return Sock::Other;
+    }
+    match (dom, ty) {
+        (libc::AF_UNIX | libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) => Sock::Stream,
+        (libc::AF_UNIX, libc::SOCK_DGRAM) => Sock::Dgram,
+        _ => Sock::Other,
+    }
 }
 
 /// Most data queued on one socket that a checkpoint saves.
 const PEEK_MAX: usize = 8 << 20;
 
-/// Copies the data queued for reading on a Unix stream socket without consuming it
-/// (MSG_PEEK). The buffer is mapped on first use (mmap is a plain system call).
-fn peek_into(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'static str> {
+/// Maps the peek buffer on first use (mmap is a plain system call).
+fn peek_buffer(buf: &mut (*mut u8, usize)) -> Result<(), &'static str> {
     if buf.0.is_null() {
         // SAFETY: a fresh anonymous mapping.
         let p = unsafe {
@@ -155,6 +366,13 @@ fn peek_into(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'stat
         }
         *buf = (p as *mut u8, PEEK_MAX);
     }
+    Ok(())
+}
+
+/// Peeks at what is queued on `fd` into `buf` (MSG_PEEK: nothing consumed): the whole
+/// stream, or the next datagram. `Ok(None)`: nothing queued (or not connected: refused
+/// when the image is classified). Refuses file descriptors in flight (SCM_RIGHTS).
+fn peek_msg(fd: i32, buf: (*mut u8, usize)) -> Result<Option<usize>, &'static str> {
     let mut iov = libc::iovec {
         iov_base: buf.0 as *mut libc::c_void,
         iov_len: buf.1,
@@ -175,10 +393,9 @@ fn peek_into(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'stat
         )
     };
     if n < 0 {
-        return if sys::errno() == libc::EAGAIN {
-            Ok(())
-        } else {
-            Err("peeking at a socket's queued data failed")
+        return match sys::errno() {
+            libc::EAGAIN | libc::ENOTCONN | libc::EINVAL => Ok(None),
+            _ => Err("peeking at a socket's queued data failed"),
         };
     }
     let mut passed_fds = false;
@@ -202,28 +419,89 @@ fn peek_into(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'stat
     }
     if passed_fds || msg.msg_flags & libc::MSG_CTRUNC != 0 {
         return Err(
-            "file descriptors in flight on a socket pair (SCM_RIGHTS) are not supported yet",
+            "file descriptors in flight on a socket (SCM_RIGHTS: sent, not yet received) cannot be checkpointed; the next checkpoint retries",
         );
     }
-    if n as usize >= buf.1 {
+    if n as usize >= buf.1 || msg.msg_flags & libc::MSG_TRUNC != 0 {
         return Err("more than 8 MiB queued on a socket");
     }
+    Ok(Some(n as usize))
+}
+
+fn write_all(out: i32, p: *const u8, len: usize) -> Result<(), &'static str> {
     let mut done = 0usize;
-    while done < n as usize {
-        // SAFETY: writes from our buffer.
-        let w = unsafe {
-            libc::write(
-                out,
-                buf.0.add(done) as *const libc::c_void,
-                n as usize - done,
-            )
-        };
+    while done < len {
+        // SAFETY: writes from a buffer of at least `len` bytes.
+        let w = unsafe { libc::write(out, p.add(done) as *const libc::c_void, len - done) };
         if w <= 0 {
             return Err("writing socket data failed");
         }
         done += w as usize;
     }
     Ok(())
+}
+
+/// Copies the data queued for reading on a stream socket without consuming it.
+fn peek_into(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'static str> {
+    peek_buffer(buf)?;
+    match peek_msg(fd, *buf)? {
+        None => Ok(()),
+        Some(n) => write_all(out, buf.0, n),
+    }
+}
+
+/// Copies the datagrams queued on a Unix datagram socket without consuming them
+/// (`SO_PEEK_OFF` moves each peek past the previous datagram; the program's own peek
+/// offset is put back), each as a 4-byte little-endian length and its bytes.
+fn peek_dgrams(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'static str> {
+    peek_buffer(buf)?;
+    let old = sockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF);
+    let set = |v: i32| {
+        // SAFETY: setsockopt with a local int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEEK_OFF,
+                &v as *const i32 as *const libc::c_void,
+                4,
+            )
+        }
+    };
+    if set(0) != 0 {
+        return Err("cannot set a peek offset on a datagram socket");
+    }
+    let mut total = 0usize;
+    let mut res = Ok(());
+    loop {
+        match peek_msg(fd, *buf) {
+            Ok(None) => break,
+            Err(e) => {
+                res = Err(e);
+                break;
+            }
+            Ok(Some(0)) => {
+                res = Err("a zero-length datagram is queued on a socket pair (not supported)");
+                break;
+            }
+            Ok(Some(n)) => {
+                total += n + 4;
+                if total > PEEK_MAX {
+                    res = Err("more than 8 MiB queued on a socket");
+                    break;
+                }
+                let len = (n as u32).to_le_bytes();
+                if let Err(e) =
+                    write_all(out, len.as_ptr(), 4).and_then(|()| write_all(out, buf.0, n))
+                {
+                    res = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    set(old);
+    res
 }
 
 fn tee_into(src: i32, out: i32) -> Result<(), &'static str> {
@@ -321,7 +599,7 @@ pub fn pipes_self_contained(fds: &[FdSnap]) -> Result<(), i32> {
 
 /// Single process: saves the data of its own pipes into `pipes/` next to `files/`
 /// (created only when there is a pipe). Pause-safe.
-pub fn save_own_pipes(fds: &[FdSnap], files_fd: i32) -> Result<(), &'static str> {
+pub fn save_own_pipes(fds: &[FdSnap], files_fd: i32) -> Result<(), FdError> {
     if !fds.iter().any(|s| {
         let f = s.mode & libc::S_IFMT;
         f == libc::S_IFIFO || f == libc::S_IFSOCK
@@ -338,7 +616,7 @@ pub fn save_own_pipes(fds: &[FdSnap], files_fd: i32) -> Result<(), &'static str>
         )
     };
     if fd < 0 {
-        return Err("cannot create the pipes directory of the generation");
+        return Err((-1, "cannot create the pipes directory of the generation"));
     }
     let r = save_pipes(fds, fd);
     close(fd);

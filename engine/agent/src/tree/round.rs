@@ -7,7 +7,7 @@ use super::*;
 pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), String> {
     let mut ends: HashMap<u64, (bool, bool)> = HashMap::new();
     let mut pipes: Vec<(i32, i32, u64)> = Vec::new();
-    let mut socks: Vec<(i32, i32, u64, u64)> = Vec::new();
+    let mut socks: Vec<(i32, torpor_image::meta::FdMeta)> = Vec::new();
     for (pid, img) in images {
         let r = ImageReader::open(img).map_err(|e| format!("{}: {e}", img.display()))?;
         for g in shm {
@@ -24,8 +24,15 @@ pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), S
             }
         }
         for f in &r.meta().fds {
-            if f.kind == FdKind::UnixStream {
-                socks.push((*pid, f.fd, f.pipe_ino, f.peer_ino));
+            if matches!(
+                f.kind,
+                FdKind::UnixStream
+                    | FdKind::UnixDgram
+                    | FdKind::UnixListen
+                    | FdKind::Tcp
+                    | FdKind::TcpListen
+            ) {
+                socks.push((*pid, f.clone()));
                 continue;
             }
             if f.kind != FdKind::Pipe {
@@ -39,13 +46,7 @@ pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), S
             pipes.push((*pid, f.fd, f.pipe_ino));
         }
     }
-    for &(pid, fd, ino, peer) in &socks {
-        if fd > 2 && !socks.iter().any(|s| s.2 == peer) {
-            return Err(format!(
-                "process {pid} fd {fd} is a socket (socket:[{ino}]) whose peer is outside the checkpointed process tree; such sockets are not supported"
-            ));
-        }
-    }
+    check_sockets(&socks)?;
     for (pid, fd, ino) in pipes {
         if fd > 2 && ends.get(&ino) != Some(&(true, true)) {
             return Err(format!(
@@ -80,6 +81,8 @@ pub struct RootRound {
     zombies: Vec<ProcInfo>,
     shm: Vec<ShmGroup>,
     copies: Vec<ShmCopy>,
+    /// Open files of the tree, to find the descriptions several processes share.
+    files: FileTable,
     known: Vec<i32>,
     /// Every pid that existed before the tree was listed (sorted).
     before: Vec<i32>,
@@ -121,9 +124,7 @@ impl RootRound {
         let mut all: Vec<i32> = vec![me];
         all.extend(live.iter().map(|p| p.pid));
         let shm = shared_memory_groups(&all)?;
-        if let Some(why) = shared_file_conflict(&all) {
-            return Err(why);
-        }
+        let files = FileTable::for_tree(&all);
         let me_info = stat(me).ok_or("cannot read /proc/self/stat")?;
         let (marks, pipes_fd) =
             open_dirs(pending.path()).ok_or("cannot open the pending generation directory")?;
@@ -148,6 +149,7 @@ impl RootRound {
             zombies,
             shm,
             copies: Vec::new(),
+            files,
         };
         if proc_fd < 0 || round.bar.is_none() {
             round.close();
@@ -215,6 +217,10 @@ impl RootRound {
         if !same_tree(self.proc_fd, self.me.pid, &self.known, &self.before) {
             return Err(CHANGED);
         }
+        for p in std::iter::once(self.me.pid).chain(self.pids.iter().copied()) {
+            self.files.scan(self.proc_fd, p);
+        }
+        self.files.group()?;
         if let Some(bar) = &self.bar {
             bar.set_phase(PH_GO);
         }
@@ -326,6 +332,7 @@ impl RootRound {
                         members: g.members.clone(),
                     })
                     .collect(),
+                open_files: self.files.shared(me),
                 ..Default::default()
             })
             .map(|_| ())

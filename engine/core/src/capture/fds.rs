@@ -18,10 +18,10 @@ pub(super) fn capture_fds(
     // SAFETY: getpid cannot fail.
     let me = unsafe { libc::getpid() };
     for (i, s) in inp.fds.iter().enumerate() {
-        if s.fd > 2 {
+        if s.fd > 2 || s.internal != 0 {
             // fds sharing one open file description must share it again after restore.
             let same = inp.fds[..i].iter().find(|o| {
-                o.fd > 2
+                (o.fd > 2 || o.internal != 0)
                     // SAFETY: kcmp(KCMP_FILE=0) compares two of our own fds.
                     && unsafe { libc::syscall(libc::SYS_kcmp, me, me, 0, o.fd, s.fd) } == 0
             });
@@ -36,7 +36,7 @@ pub(super) fn capture_fds(
                 }
             }
         }
-        if s.captured == -1 && s.fd > 2 {
+        if s.captured == -1 && (s.fd > 2 || s.internal != 0) {
             return Err(CaptureError::NotCaptured {
                 fd: s.fd,
                 path: read_link(&format!("/proc/self/fd/{}", s.fd)),
@@ -77,30 +77,38 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         pipe_ino: 0,
         peer_ino: 0,
         pipe_no_writers: false,
+        sock_name: None,
+        peer_name: None,
+        backlog: 0,
+        queued: 0,
+        shutdown: 0,
     };
+    let fmt = s.mode & libc::S_IFMT;
     // Anonymous pipes (also at 0-2: a pipe inside the tree is recreated; one to the
-    // outside is taken as stdio at restore). Named FIFOs are not supported yet.
-    if s.mode & libc::S_IFMT == libc::S_IFIFO && target.starts_with("pipe:") {
+    // outside is taken as stdio at restore).
+    if fmt == libc::S_IFIFO && target.starts_with("pipe:") {
         m.kind = FdKind::Pipe;
         m.file = None;
         m.pipe_ino = s.ino;
         m.pipe_no_writers = s.no_writers != 0;
         return Ok(m);
     }
-    // One end of a socket pair (unnamed, connected Unix stream socket): its peer must be
-    // in the tree (checked when the generation commits).
-    if s.mode & libc::S_IFMT == libc::S_IFSOCK {
-        if let Some(u) = super::unix::unix_info(s.ino) {
-            if u.kind == libc::SOCK_STREAM as u8 && u.state == 1 && !u.named && u.peer != 0 {
-                m.kind = FdKind::UnixStream;
-                m.file = None;
-                m.pipe_ino = s.ino;
-                m.peer_ino = u.peer;
-                return Ok(m);
-            }
+    let inside = s.fd > 2 || s.internal != 0;
+    // A named FIFO: reopened by path; its buffered data is saved by inode.
+    if fmt == libc::S_IFIFO && inside {
+        m.kind = FdKind::Fifo;
+        m.file = None;
+        m.pipe_ino = s.ino;
+        return Ok(m);
+    }
+    if fmt == libc::S_IFSOCK {
+        if let Some(k) = socket_meta(s, &mut m)? {
+            m.kind = k;
+            m.file = None;
+            return Ok(m);
         }
     }
-    if s.fd <= 2 {
+    if !inside {
         m.kind = FdKind::Stdio;
         if s.captured == 1 {
             m.captured = Some(format!("files/fd-{}", s.fd));
@@ -109,7 +117,6 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         }
         return Ok(m);
     }
-    let fmt = s.mode & libc::S_IFMT;
     if fmt == libc::S_IFREG {
         if let Some(p) = target.strip_suffix(" (deleted)") {
             m.kind = FdKind::Deleted;
@@ -147,9 +154,8 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         m.file = None;
     } else {
         let why = match fmt {
-            libc::S_IFIFO => "named FIFOs are not supported yet",
             libc::S_IFSOCK => {
-                "sockets other than connected Unix stream socket pairs are not supported yet"
+                "only Unix stream and datagram socket pairs, listening Unix stream sockets and their connections, and loopback TCP inside the tree are supported"
             }
             libc::S_IFCHR => "character devices other than null/zero/full/random/urandom",
             _ => "unsupported file kind",
@@ -161,6 +167,53 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         });
     }
     Ok(m)
+}
+
+/// Classifies a socket: which kind of socket the tree restore can recreate, with its
+/// names and state filled into `m`; `None` for one it cannot (refused by the caller,
+/// or stdio at 0-2).
+fn socket_meta(s: &FdSnap, m: &mut FdMeta) -> Result<Option<FdKind>, CaptureError> {
+    let Some(u) = super::unix::unix_info(s.ino) else {
+        return super::tcp::tcp_meta(s, m);
+    };
+    const ESTABLISHED: u8 = 1;
+    const LISTEN: u8 = 10;
+    m.pipe_ino = s.ino;
+    m.shutdown = u.shutdown;
+    let stream = u.kind == libc::SOCK_STREAM as u8;
+    if stream && u.state == LISTEN && u.named {
+        m.sock_name = u.name;
+        m.queued = u.rqlen.0;
+        m.backlog = u.rqlen.1;
+        return Ok(Some(FdKind::UnixListen));
+    }
+    if stream && u.state == ESTABLISHED && u.peer != 0 {
+        m.sock_name = u.name;
+        m.peer_ino = u.peer;
+        return Ok(Some(FdKind::UnixStream));
+    }
+    if stream && u.state == ESTABLISHED {
+        // Connected to a listener that has not accepted it yet (the kernel's embryo
+        // socket has no inode): the listener's name is the peer name.
+        let Some(peer) = super::unix::peer_name(s.fd) else {
+            return Ok(None);
+        };
+        if u.rqlen.1 > 0 {
+            return Err(CaptureError::UnsupportedFd {
+                fd: s.fd,
+                target: format!("socket:[{}] connected to {peer}", s.ino),
+                why: "data was sent on a connection its server has not accepted yet (it cannot be read back without accepting it); the next checkpoint retries",
+            });
+        }
+        m.sock_name = u.name;
+        m.peer_name = Some(peer);
+        return Ok(Some(FdKind::UnixStream));
+    }
+    if u.kind == libc::SOCK_DGRAM as u8 && u.peer != 0 && !u.named {
+        m.peer_ino = u.peer;
+        return Ok(Some(FdKind::UnixDgram));
+    }
+    Ok(None)
 }
 
 /// Name (inside the generation) of the captured contents of a shared writable mapping.

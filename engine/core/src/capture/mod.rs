@@ -9,6 +9,7 @@ mod attrs;
 mod fds;
 mod helper;
 mod memory;
+mod tcp;
 mod unix;
 
 pub use fds::{save_deleted, shared_map_name};

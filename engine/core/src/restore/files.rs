@@ -44,8 +44,17 @@ pub(super) fn copy_into(src: &Path, dst: &mut File) -> Result<(), RestoreError> 
 /// Reopens one saved fd, putting back its file's contents as the disposition says.
 pub(super) fn reopen(f: &FdMeta, gen_dir: &Path) -> Result<Option<OwnedFd>, RestoreError> {
     let fd = match f.kind {
-        // Pipes come from the tree's pipe table (restore::tree::Pipes).
-        FdKind::Stdio | FdKind::Pipe | FdKind::UnixStream => return Ok(None),
+        // Pipes and sockets come from the tree's table (restore::tree::Pipes).
+        FdKind::Stdio
+        | FdKind::Pipe
+        | FdKind::UnixStream
+        | FdKind::UnixDgram
+        | FdKind::UnixListen
+        | FdKind::Tcp
+        | FdKind::TcpListen => return Ok(None),
+        // The FIFO's keeper (restore::channels::fifo_keepers) is open read-write, so
+        // this open does not wait for a partner.
+        FdKind::Fifo => raw_open(&f.path, open_flags(f.flags))?,
         FdKind::Directory => raw_open(
             &f.path,
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,

@@ -7,6 +7,7 @@
 //! of no return (stage 2 throws the old address space away).
 
 mod chain;
+mod channels;
 mod files;
 mod namespace;
 mod plan_build;
@@ -227,9 +228,14 @@ pub(super) fn prepare_process(
         if f.dup_of.is_some() {
             continue;
         }
+        if let Some(fd) = pipes.shared_file(meta.origin.pid, f.fd)? {
+            files.push((f.fd, fd));
+            continue;
+        }
+        use torpor_image::meta::FdKind::*;
         if matches!(
             f.kind,
-            torpor_image::meta::FdKind::Pipe | torpor_image::meta::FdKind::UnixStream
+            Pipe | UnixStream | UnixDgram | UnixListen | Tcp | TcpListen
         ) {
             if let Some(fd) = pipes.end_for(f)? {
                 files.push((f.fd, fd));

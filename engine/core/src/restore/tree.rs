@@ -27,7 +27,13 @@ use crate::plan::CloneArgs;
 pub(crate) struct Pipes {
     /// Read end and write end (none for a pipe whose writers were all gone).
     ends: HashMap<u64, (OwnedFd, Option<OwnedFd>)>,
+    /// Every socket of the generation, by inode (`restore::channels`).
     sockets: HashMap<u64, OwnedFd>,
+    /// One read-write keeper per named FIFO, held until the processes have their fds.
+    _fifos: HashMap<u64, OwnedFd>,
+    /// Open file descriptions shared by several processes, and who holds which.
+    shared: Vec<OwnedFd>,
+    shared_by: HashMap<(i32, i32), usize>,
 }
 
 fn acc(f: &FdMeta) -> i32 {
@@ -48,7 +54,8 @@ impl Pipes {
                 }
             }
         }
-        let sockets = Self::socket_pairs(metas, gen_dir)?;
+        let fifos = super::channels::fifo_keepers(metas, gen_dir)?;
+        let sockets = super::channels::unix_sockets(metas, gen_dir)?;
         let mut ends = HashMap::new();
         for (ino, rw) in seen {
             if rw != (true, true) {
@@ -79,72 +86,41 @@ impl Pipes {
             let w = (!widowed.contains(&ino)).then_some(w);
             ends.insert(ino, (r, w));
         }
-        Ok(Pipes { ends, sockets })
+        Ok(Pipes {
+            ends,
+            sockets,
+            _fifos: fifos,
+            shared: Vec::new(),
+            shared_by: HashMap::new(),
+        })
     }
 
-    fn socket_pairs(
-        metas: &[&ProcessMeta],
-        gen_dir: &Path,
-    ) -> Result<HashMap<u64, OwnedFd>, RestoreError> {
-        let socks: HashMap<u64, u64> = metas
-            .iter()
-            .flat_map(|m| &m.fds)
-            .filter(|f| f.kind == FdKind::UnixStream)
-            .map(|f| (f.pipe_ino, f.peer_ino))
-            .collect();
-        let mut out = HashMap::new();
-        for (&a, &b) in &socks {
-            if a > b || socks.get(&b) != Some(&a) || out.contains_key(&a) {
-                continue; // each pair once, from its lower inode; both ends present
-            }
-            let mut sv = [-1i32; 2];
-            // SAFETY: socketpair writes two fds.
-            if unsafe {
-                libc::socketpair(
-                    libc::AF_UNIX,
-                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                    0,
-                    sv.as_mut_ptr(),
-                )
-            } != 0
-            {
-                return Err(last_os("socketpair"));
-            }
-            // SAFETY: both fds were just created and are owned here.
-            let (sa, sb) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
-            // Data queued for one end is sent again from the other.
-            for (ino, from) in [(a, &sb), (b, &sa)] {
-                let path = gen_dir.join("pipes").join(ino.to_string());
-                let Ok(data) = std::fs::read(&path) else {
-                    continue;
-                };
-                let mut done = 0;
-                while done < data.len() {
-                    // SAFETY: non-blocking send from our buffer on our own socket.
-                    let n = unsafe {
-                        libc::send(
-                            from.as_raw_fd(),
-                            data[done..].as_ptr() as *const libc::c_void,
-                            data.len() - done,
-                            libc::MSG_DONTWAIT,
-                        )
-                    };
-                    if n <= 0 {
-                        return Err(last_os("refilling a socket pair"));
-                    }
-                    done += n as usize;
-                }
-            }
-            out.insert(a, sa);
-            out.insert(b, sb);
+    /// Opens once each open file description that several processes share.
+    pub(crate) fn share_files(
+        &mut self,
+        groups: &[torpor_image::store::SharedFile],
+        procs: &[(i32, &ProcessMeta, &Path)],
+    ) -> Result<(), RestoreError> {
+        (self.shared, self.shared_by) = super::channels::shared_files(groups, procs)?;
+        Ok(())
+    }
+
+    /// A new fd on the open file description that process `pid` shares at `fd`, if it
+    /// shares one.
+    pub(crate) fn shared_file(&self, pid: i32, fd: i32) -> Result<Option<OwnedFd>, RestoreError> {
+        match self.shared_by.get(&(pid, fd)) {
+            None => Ok(None),
+            Some(&i) => self.shared[i]
+                .try_clone()
+                .map(Some)
+                .map_err(super::ioe("dup of a shared file")),
         }
-        Ok(out)
     }
 
     /// A new fd on the end of the pipe that `f` held, with its status flags; `None` for
     /// a pipe at 0-2 whose other end is outside the tree (stdio, inherited).
     pub(crate) fn end_for(&self, f: &FdMeta) -> Result<Option<OwnedFd>, RestoreError> {
-        if f.kind == FdKind::UnixStream {
+        if f.kind != FdKind::Pipe {
             let Some(s) = self.sockets.get(&f.pipe_ino) else {
                 if f.fd <= 2 {
                     return Ok(None);
@@ -248,7 +224,12 @@ pub(super) fn restore_tree(
         .iter()
         .filter_map(|m| m.image.as_ref().map(|i| &i.1))
         .collect();
-    let pipes = Pipes::create(&metas, &gen_dir)?;
+    let mut pipes = Pipes::create(&metas, &gen_dir)?;
+    let holders: Vec<(i32, &ProcessMeta, &Path)> = procs
+        .iter()
+        .filter_map(|m| m.image.as_ref().map(|i| (m.info.pid, &i.1, i.2.as_path())))
+        .collect();
+    pipes.share_files(&manifest.open_files, &holders)?;
     let shm = shared_objects(&manifest.shared, &gen_dir)?;
     let stage2_file = memfd(c"torpor-restore", stage2)?;
     let root_pid = procs[0].info.pid;

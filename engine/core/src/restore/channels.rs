@@ -1,0 +1,407 @@
+//! Restore stage 1, kernel objects between processes besides anonymous pipes: named
+//! FIFOs (refilled once through a keeper fd), Unix sockets (stream and datagram pairs,
+//! listeners and the connections made through them, with their queued data), loopback
+//! TCP connections, and open file descriptions shared by several processes (opened
+//! once, handed to every holder).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use torpor_image::meta::{FdKind, FdMeta, ProcessMeta};
+use torpor_image::store::SharedFile;
+
+use super::{files::reopen, ioe, last_os, RestoreError};
+
+fn changed(path: &str, why: &'static str) -> RestoreError {
+    RestoreError::FileChanged {
+        path: path.to_string(),
+        why,
+    }
+}
+
+fn other(what: String, msg: String) -> RestoreError {
+    RestoreError::Io {
+        what,
+        source: std::io::Error::other(msg),
+    }
+}
+
+fn owned(fd: i32, what: &str) -> Result<OwnedFd, RestoreError> {
+    if fd < 0 {
+        return Err(last_os(what));
+    }
+    // SAFETY: a fresh fd returned by the kernel, owned from here on.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Named FIFOs: each FIFO of the generation is opened once read-write (a keeper: the
+/// holders' own opens then never block) and refilled with its buffered data. The
+/// keepers live until the processes have their fds (they are closed before stage 2).
+pub(super) fn fifo_keepers(
+    metas: &[&ProcessMeta],
+    gen_dir: &Path,
+) -> Result<HashMap<u64, OwnedFd>, RestoreError> {
+    let mut out = HashMap::new();
+    for f in metas.iter().flat_map(|m| &m.fds) {
+        if f.kind != FdKind::Fifo || out.contains_key(&f.pipe_ino) {
+            continue;
+        }
+        match std::fs::symlink_metadata(&f.path) {
+            Ok(md) if md.file_type().is_fifo() => {}
+            Ok(_) => return Err(changed(&f.path, "is no longer a named FIFO")),
+            Err(_) => {
+                // Removed since: a new FIFO in its place.
+                let c = CString::new(f.path.as_str())
+                    .map_err(|_| changed(&f.path, "path contains NUL"))?;
+                // SAFETY: mkfifo with a NUL-terminated path.
+                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                    return Err(last_os(&f.path));
+                }
+            }
+        }
+        let c = CString::new(f.path.as_str()).map_err(|_| changed(&f.path, "path contains NUL"))?;
+        // SAFETY: open with a NUL-terminated path; O_RDWR on a FIFO never blocks.
+        let keeper = owned(
+            unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) },
+            &f.path,
+        )?;
+        refill_stream(&keeper, &gen_dir.join("pipes").join(f.pipe_ino.to_string()))?;
+        out.insert(f.pipe_ino, keeper);
+    }
+    Ok(out)
+}
+
+/// Writes the saved data `path` (if any) into a pipe, FIFO or stream socket.
+fn refill_stream(fd: &OwnedFd, path: &Path) -> Result<(), RestoreError> {
+    let Ok(data) = std::fs::read(path) else {
+        return Ok(());
+    };
+    // SAFETY: F_GETFL/F_GETPIPE_SZ/F_SETPIPE_SZ on our own fd (EBADF/EINVAL on sockets).
+    unsafe {
+        let size = libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ);
+        if size > 0 && (size as usize) < data.len() {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, data.len() as i32);
+        }
+    }
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: writes from our buffer to our own fd (non-blocking for sockets).
+        let n = unsafe {
+            libc::write(
+                fd.as_raw_fd(),
+                data[done..].as_ptr() as *const libc::c_void,
+                data.len() - done,
+            )
+        };
+        if n <= 0 {
+            return Err(last_os(&format!("refilling {}", path.display())));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Sends again the datagrams saved in `path` (each a 4-byte little-endian length and
+/// its bytes) from `from`.
+fn refill_dgrams(from: &OwnedFd, path: &Path) -> Result<(), RestoreError> {
+    let Ok(data) = std::fs::read(path) else {
+        return Ok(());
+    };
+    let mut at = 0usize;
+    while at + 4 <= data.len() {
+        let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+        at += 4;
+        let Some(d) = data.get(at..at + len) else {
+            return Err(RestoreError::NotCaptured {
+                path: path.display().to_string(),
+            });
+        };
+        // SAFETY: sends one datagram from our buffer on our own socket.
+        let n = unsafe {
+            libc::send(
+                from.as_raw_fd(),
+                d.as_ptr() as *const libc::c_void,
+                d.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n != d.len() as isize {
+            return Err(last_os("refilling a datagram socket pair"));
+        }
+        at += len;
+    }
+    Ok(())
+}
+
+fn pair(ty: i32) -> Result<(OwnedFd, OwnedFd), RestoreError> {
+    let mut sv = [-1i32; 2];
+    // SAFETY: socketpair writes two fds.
+    if unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) } != 0
+    {
+        return Err(last_os("socketpair"));
+    }
+    Ok((owned(sv[0], "socketpair")?, owned(sv[1], "socketpair")?))
+}
+
+/// A Unix socket address for `name` (a path, or `@name` for an abstract one).
+fn unix_addr(name: &str) -> Result<(libc::sockaddr_un, libc::socklen_t), RestoreError> {
+    // SAFETY: a zeroed sockaddr_un is valid.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let (bytes, lead) = match name.strip_prefix('@') {
+        Some(abs) => (abs.as_bytes(), 1usize),
+        None => (name.as_bytes(), 0usize),
+    };
+    if lead + bytes.len() >= a.sun_path.len() {
+        return Err(changed(name, "is too long for a Unix socket name"));
+    }
+    for (i, &b) in bytes.iter().enumerate() {
+        a.sun_path[lead + i] = b as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>()
+        + lead
+        + bytes.len()
+        + if lead == 0 { 1 } else { 0 };
+    Ok((a, len as libc::socklen_t))
+}
+
+/// Runs `f` with `dir` as the working directory (relative socket names were bound
+/// there), then goes back.
+fn in_dir<T>(dir: &str, f: impl FnOnce() -> Result<T, RestoreError>) -> Result<T, RestoreError> {
+    let here = File::open(".").map_err(ioe("working directory"))?;
+    std::env::set_current_dir(dir).map_err(ioe(format!("cwd {dir}")))?;
+    let r = f();
+    // SAFETY: fchdir to the directory we held open.
+    unsafe { libc::fchdir(here.as_raw_fd()) };
+    r
+}
+
+/// A listening Unix socket bound to `name` again. A socket file left at a path name
+/// is removed first, only if it is a socket owned by the restoring user.
+fn unix_listener(name: &str, backlog: u32) -> Result<OwnedFd, RestoreError> {
+    if !name.starts_with('@') {
+        if let Ok(md) = std::fs::symlink_metadata(name) {
+            // SAFETY: getuid cannot fail.
+            let me = unsafe { libc::getuid() };
+            if !md.file_type().is_socket() || md.uid() != me {
+                return Err(changed(
+                    name,
+                    "exists and is not a socket file of the restoring user (the listening socket cannot be bound there)",
+                ));
+            }
+            std::fs::remove_file(name).map_err(ioe(format!("stale socket {name}")))?;
+        }
+    }
+    // SAFETY: a new socket.
+    let fd = owned(
+        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+        "socket",
+    )?;
+    let (a, len) = unix_addr(name)?;
+    // SAFETY: bind/listen on our socket with a valid address.
+    unsafe {
+        if libc::bind(
+            fd.as_raw_fd(),
+            &a as *const libc::sockaddr_un as *const libc::sockaddr,
+            len,
+        ) != 0
+        {
+            return Err(last_os(&format!("binding {name}")));
+        }
+        if libc::listen(fd.as_raw_fd(), backlog.max(1) as i32) != 0 {
+            return Err(last_os(&format!("listen on {name}")));
+        }
+    }
+    Ok(fd)
+}
+
+/// A new client socket connected to the listener bound to `name`.
+fn unix_connect(name: &str) -> Result<OwnedFd, RestoreError> {
+    // SAFETY: a new socket.
+    let fd = owned(
+        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+        "socket",
+    )?;
+    let (a, len) = unix_addr(name)?;
+    // SAFETY: connect our socket to a valid address.
+    if unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &a as *const libc::sockaddr_un as *const libc::sockaddr,
+            len,
+        )
+    } != 0
+    {
+        return Err(last_os(&format!("connecting to {name}")));
+    }
+    Ok(fd)
+}
+
+fn accept(listener: &OwnedFd, what: &str) -> Result<OwnedFd, RestoreError> {
+    // SAFETY: accept4 on our listener; the new connection is already queued.
+    owned(
+        unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        },
+        what,
+    )
+}
+
+/// Every Unix socket of the generation, by inode: listeners bound again; connected
+/// stream pairs through their listener (connect, accept) when it is in the tree, else
+/// with `socketpair`; datagram pairs with `socketpair`; connections still waiting to
+/// be accepted connected again (in inode order); then the data queued for each end
+/// sent from the other, and `shutdown` applied again.
+pub(super) fn unix_sockets<'a>(
+    metas: &[&'a ProcessMeta],
+    gen_dir: &Path,
+) -> Result<HashMap<u64, OwnedFd>, RestoreError> {
+    let mut ends: BTreeMap<u64, (&'a FdMeta, &'a str)> = BTreeMap::new();
+    for m in metas {
+        for f in &m.fds {
+            if matches!(
+                f.kind,
+                FdKind::UnixStream | FdKind::UnixDgram | FdKind::UnixListen
+            ) && f.dup_of.is_none()
+            {
+                ends.entry(f.pipe_ino)
+                    .or_insert((f, m.process.cwd.as_str()));
+            }
+        }
+    }
+    let mut out: HashMap<u64, OwnedFd> = HashMap::new();
+    // Listeners, by name (with the directory relative names are bound in).
+    let mut listeners: HashMap<&'a str, (u64, &'a str)> = HashMap::new();
+    for (&ino, &(f, cwd)) in ends.iter().filter(|e| e.1 .0.kind == FdKind::UnixListen) {
+        let Some(name) = f.sock_name.as_deref() else {
+            continue;
+        };
+        let fd = in_dir(cwd, || unix_listener(name, f.backlog))?;
+        listeners.insert(name, (ino, cwd));
+        out.insert(ino, fd);
+    }
+    let data = |ino: u64| gen_dir.join("pipes").join(ino.to_string());
+    for (&a, &(fa, _)) in &ends {
+        if !matches!(fa.kind, FdKind::UnixStream | FdKind::UnixDgram) || fa.peer_ino == 0 {
+            continue;
+        }
+        let b = fa.peer_ino;
+        let Some(&(fb, _)) = ends.get(&b) else {
+            continue; // peer outside the checkpoint: stdio (0-2), or refused by end_for
+        };
+        if a > b || fb.peer_ino != a || fb.kind != fa.kind {
+            continue; // each pair once, from its lower inode
+        }
+        let via = |f: &'a FdMeta| {
+            f.sock_name
+                .as_deref()
+                .and_then(|n| listeners.get(n).map(|l| (n, *l)))
+        };
+        let (sa, sb) = if fa.kind == FdKind::UnixDgram {
+            pair(libc::SOCK_DGRAM)?
+        } else {
+            match (via(fa), via(fb)) {
+                (Some((name, (l, cwd))), _) => {
+                    let client = in_dir(cwd, || unix_connect(name))?;
+                    (accept(&out[&l], name)?, client)
+                }
+                (None, Some((name, (l, cwd)))) => {
+                    let client = in_dir(cwd, || unix_connect(name))?;
+                    let server = accept(&out[&l], name)?;
+                    (client, server)
+                }
+                (None, None) => pair(libc::SOCK_STREAM)?,
+            }
+        };
+        if fa.kind == FdKind::UnixDgram {
+            refill_dgrams(&sb, &data(a))?;
+            refill_dgrams(&sa, &data(b))?;
+        } else {
+            // SAFETY: non-blocking sends (the data fitted the original buffers).
+            unsafe {
+                libc::fcntl(sb.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+                libc::fcntl(sa.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+            }
+            refill_stream(&sb, &data(a))?;
+            refill_stream(&sa, &data(b))?;
+        }
+        out.insert(a, sa);
+        out.insert(b, sb);
+    }
+    // Connections that were waiting in a listener's queue.
+    for (&ino, &(f, _)) in &ends {
+        if f.kind != FdKind::UnixStream || f.peer_ino != 0 {
+            continue;
+        }
+        let Some(name) = f.peer_name.as_deref() else {
+            continue;
+        };
+        let Some(&(_, cwd)) = listeners.get(name) else {
+            return Err(other(
+                format!("socket:[{ino}]"),
+                format!("waits to be accepted by {name}, which is not in the checkpoint"),
+            ));
+        };
+        out.insert(ino, in_dir(cwd, || unix_connect(name))?);
+    }
+    for (ino, (f, _)) in &ends {
+        if f.shutdown == 0 {
+            continue;
+        }
+        if let Some(fd) = out.get(ino) {
+            let how = match f.shutdown & 3 {
+                1 => libc::SHUT_RD,
+                2 => libc::SHUT_WR,
+                _ => libc::SHUT_RDWR,
+            };
+            // SAFETY: shutdown on our own socket.
+            unsafe { libc::shutdown(fd.as_raw_fd(), how) };
+        }
+    }
+    Ok(out)
+}
+
+/// Open file descriptions shared by several processes: each is opened once (from its
+/// first holder's record) and every holder gets a duplicate. Returns the fds and, for
+/// each (pid, fd) holder, the index of its fd.
+#[allow(clippy::type_complexity)]
+pub(super) fn shared_files(
+    groups: &[SharedFile],
+    procs: &[(i32, &ProcessMeta, &Path)],
+) -> Result<(Vec<OwnedFd>, HashMap<(i32, i32), usize>), RestoreError> {
+    let mut fds = Vec::new();
+    let mut by = HashMap::new();
+    for g in groups {
+        let holders: Vec<(i32, &FdMeta, &Path)> = g
+            .members
+            .iter()
+            .filter_map(|&(pid, fd)| {
+                let (_, meta, dir) = procs.iter().find(|p| p.0 == pid)?;
+                let f = meta.fds.iter().find(|f| f.fd == fd)?;
+                let own = matches!(f.kind, FdKind::File | FdKind::Deleted | FdKind::Fifo);
+                (own && f.dup_of.is_none()).then_some((pid, f, *dir))
+            })
+            .collect();
+        if holders.len() < 2 {
+            continue;
+        }
+        let (_, first, dir) = holders[0];
+        let Some(fd) = reopen(first, dir)? else {
+            continue;
+        };
+        for (pid, f, _) in &holders {
+            by.insert((*pid, f.fd), fds.len());
+        }
+        fds.push(fd);
+    }
+    Ok((fds, by))
+}
