@@ -569,7 +569,8 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
             ));
         }
     }
-    let pipes_ok = role.after_stop().map_err(|e| (-1, e)).and_then(|()| {
+    let pipes_ok = tree::tcp_flushed(snapped).and_then(|()| role.after_stop().map_err(|e| (-1, e)));
+    let pipes_ok = pipes_ok.and_then(|()| {
         if !matches!(role, Role::Single) {
             // With the whole tree stopped.
             // SAFETY: manager-only table; no reference into it is used across this call.

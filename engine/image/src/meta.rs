@@ -365,6 +365,9 @@ pub struct FdMeta {
     /// Listening sockets: how many connections were waiting to be accepted.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub queued: u32,
+    /// TCP sockets: options set again at restore, as (level, name, value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockopts: Vec<(i32, i32, i32)>,
     /// Sockets: `shutdown` already done on this end (bit 0 reading, bit 1 writing).
     #[serde(default, skip_serializing_if = "is_zero_u8")]
     pub shutdown: u8,

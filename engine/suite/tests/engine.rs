@@ -84,4 +84,5 @@ cases!(
     tree_dgram,
     tree_unix_server,
     tree_scm,
+    tree_tcp,
 );

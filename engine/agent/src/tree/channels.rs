@@ -228,6 +228,60 @@ pub fn fd_error_text((fd, why): FdError) -> String {
     }
 }
 
+/// TCP connections of this process: what it sent must have left its send queue before
+/// it reports itself stopped, so that the receivers' queues (peeked after every process
+/// stopped) hold it. Waits up to 1 ms for acknowledgements (on loopback, data that was
+/// sent reaches the receiver's queue within microseconds even when its ACK is delayed),
+/// and up to 5 ms for data not sent yet; data still unsent then (the receiver's window
+/// is full) refuses the checkpoint.
+/// Pause-safe.
+pub fn tcp_flushed(fds: &[FdSnap]) -> Result<(), FdError> {
+    const SIOCOUTQ: libc::c_ulong = 0x5411;
+    const SIOCOUTQNSD: libc::c_ulong = 0x894b;
+    for s in fds {
+        if s.mode & libc::S_IFMT != libc::S_IFSOCK {
+            continue;
+        }
+        let dom = sockopt(s.fd, libc::SOL_SOCKET, libc::SO_DOMAIN);
+        if !(dom == libc::AF_INET || dom == libc::AF_INET6)
+            || sockopt(s.fd, libc::SOL_SOCKET, libc::SO_TYPE) != libc::SOCK_STREAM
+            || sockopt(s.fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == 1
+        {
+            continue;
+        }
+        let t0 = sys::now_ns();
+        loop {
+            let (mut outq, mut unsent) = (0i32, 0i32);
+            // SAFETY: ioctls that write one int each.
+            unsafe {
+                if libc::ioctl(s.fd, SIOCOUTQ, &mut outq) != 0 {
+                    outq = 0;
+                }
+                if libc::ioctl(s.fd, SIOCOUTQNSD, &mut unsent) != 0 {
+                    unsent = 0;
+                }
+            }
+            let waited = sys::now_ns() - t0;
+            if outq == 0 || unsent == 0 && waited > 1_000_000 {
+                break;
+            }
+            if waited > 5_000_000 {
+                return Err((
+                    s.fd,
+                    "data written to a TCP connection is still waiting in the sender (its reader is not keeping up); the next checkpoint retries",
+                ));
+            }
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 100_000,
+            };
+            // SAFETY: nanosleep with a valid timespec.
+            unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+        }
+    }
+    Ok(())
+}
+
 /// Copies the data buffered in every pipe this process can read into
 /// `pipes/<inode>` (first process wins), without consuming it: `tee` into a scratch
 /// pipe, then `splice` into the file. Runs with the whole tree stopped. Pause-safe.

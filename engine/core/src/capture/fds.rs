@@ -81,6 +81,7 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         peer_name: None,
         backlog: 0,
         queued: 0,
+        sockopts: Vec::new(),
         shutdown: 0,
     };
     let fmt = s.mode & libc::S_IFMT;

@@ -405,3 +405,250 @@ pub(super) fn shared_files(
     }
     Ok((fds, by))
 }
+
+/// A raw socket address for `a`.
+fn inet_addr(a: &std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: a zeroed sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        std::net::SocketAddr::V4(v) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(v) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v.ip().octets(),
+                },
+                sin6_scope_id: v.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn sock_addr(name: Option<&str>, what: u64) -> Result<std::net::SocketAddr, RestoreError> {
+    name.and_then(|n| n.parse().ok()).ok_or_else(|| {
+        other(
+            format!("socket:[{what}]"),
+            "a TCP socket without a valid address".into(),
+        )
+    })
+}
+
+fn setopt(fd: &OwnedFd, level: i32, name: i32, v: i32) {
+    // SAFETY: setsockopt with a local int on our own socket.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            &v as *const i32 as *const libc::c_void,
+            4,
+        )
+    };
+}
+
+fn tcp_socket(a: &std::net::SocketAddr) -> Result<OwnedFd, RestoreError> {
+    let fam = if a.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: a new socket.
+    owned(
+        unsafe { libc::socket(fam, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+        "socket",
+    )
+}
+
+/// A TCP listener on `a` (SO_REUSEADDR: connections of the killed run may linger in
+/// TIME_WAIT on that port).
+fn tcp_listener(a: &std::net::SocketAddr, backlog: u32) -> Result<OwnedFd, RestoreError> {
+    let fd = tcp_socket(a)?;
+    setopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    if a.is_ipv6() && a.ip().is_unspecified() {
+        // Keep the kernel default (dual stack) explicit.
+        setopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0);
+    }
+    let (ss, len) = inet_addr(a);
+    // SAFETY: bind/listen on our socket with a valid address.
+    unsafe {
+        if libc::bind(
+            fd.as_raw_fd(),
+            &ss as *const libc::sockaddr_storage as *const libc::sockaddr,
+            len,
+        ) != 0
+        {
+            return Err(last_os(&format!(
+                "binding TCP {a} again (is the port taken by another program?)"
+            )));
+        }
+        if libc::listen(fd.as_raw_fd(), backlog.max(1) as i32) != 0 {
+            return Err(last_os(&format!("listen on TCP {a}")));
+        }
+    }
+    Ok(fd)
+}
+
+fn tcp_connect(to: &std::net::SocketAddr) -> Result<OwnedFd, RestoreError> {
+    let fd = tcp_socket(to)?;
+    let (ss, len) = inet_addr(to);
+    // SAFETY: connect our socket to a valid address (loopback: completes at once).
+    if unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &ss as *const libc::sockaddr_storage as *const libc::sockaddr,
+            len,
+        )
+    } != 0
+    {
+        return Err(last_os(&format!("connecting to TCP {to}")));
+    }
+    Ok(fd)
+}
+
+/// Sends `path`'s saved bytes on a TCP socket, waiting while the peer's window is
+/// full (loopback: the peer's kernel takes them at once).
+fn refill_tcp(fd: &OwnedFd, path: &Path) -> Result<(), RestoreError> {
+    let Ok(data) = std::fs::read(path) else {
+        return Ok(());
+    };
+    let t0 = std::time::Instant::now();
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: a non-blocking send from our buffer on our own socket.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                data[done..].as_ptr() as *const libc::c_void,
+                data.len() - done,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n > 0 {
+            done += n as usize;
+            continue;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(5) {
+            return Err(last_os(&format!("refilling {}", path.display())));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Every TCP socket of the generation, by inode: listeners bound again on their
+/// address and port; each established connection recreated through the tree's listener
+/// on its server's port (or a temporary listener on one end's address when the tree
+/// has none), its data sent again from the other end; connections that were waiting
+/// in a listener's queue connected again (in inode order) and left there. The client
+/// ends get new ports.
+pub(super) fn tcp_sockets(
+    metas: &[&ProcessMeta],
+    gen_dir: &Path,
+) -> Result<HashMap<u64, OwnedFd>, RestoreError> {
+    let mut ends: BTreeMap<u64, &FdMeta> = BTreeMap::new();
+    for f in metas.iter().flat_map(|m| &m.fds) {
+        if matches!(f.kind, FdKind::Tcp | FdKind::TcpListen) && f.dup_of.is_none() {
+            ends.entry(f.pipe_ino).or_insert(f);
+        }
+    }
+    let mut out: HashMap<u64, OwnedFd> = HashMap::new();
+    let apply = |fd: &OwnedFd, f: &FdMeta| {
+        for &(l, n, v) in &f.sockopts {
+            setopt(fd, l, n, v);
+        }
+    };
+    let mut listeners: Vec<(u64, std::net::SocketAddr)> = Vec::new();
+    for (&ino, f) in ends.iter().filter(|e| e.1.kind == FdKind::TcpListen) {
+        let a = sock_addr(f.sock_name.as_deref(), ino)?;
+        let fd = tcp_listener(&a, f.backlog)?;
+        apply(&fd, f);
+        listeners.push((ino, a));
+        out.insert(ino, fd);
+    }
+    // The tree's listener that accepted connections to `local`, if any.
+    let listener_for = |local: &std::net::SocketAddr| {
+        listeners
+            .iter()
+            .find(|(_, l)| {
+                l.port() == local.port() && (l.ip() == local.ip() || l.ip().is_unspecified())
+            })
+            .map(|l| l.0)
+    };
+    let data = |ino: u64| gen_dir.join("pipes").join(ino.to_string());
+    for (&a, fa) in &ends {
+        if fa.kind != FdKind::Tcp || fa.peer_ino == 0 {
+            continue;
+        }
+        let b = fa.peer_ino;
+        let Some(&fb) = ends.get(&b) else {
+            continue;
+        };
+        if a > b || fb.peer_ino != a {
+            continue;
+        }
+        let la = sock_addr(fa.sock_name.as_deref(), a)?;
+        let lb = sock_addr(fb.sock_name.as_deref(), b)?;
+        let (server_is_a, server_addr) = match (listener_for(&la), listener_for(&lb)) {
+            (Some(_), _) => (true, la),
+            (None, Some(_)) => (false, lb),
+            (None, None) => (true, la),
+        };
+        let server_ino = if server_is_a { a } else { b };
+        let (server, client) = match listener_for(&server_addr) {
+            Some(l) => {
+                let client = tcp_connect(&server_addr)?;
+                (accept(&out[&l], "TCP accept")?, client)
+            }
+            None => {
+                let temp = tcp_listener(&server_addr, 1)?;
+                let client = tcp_connect(&server_addr)?;
+                (accept(&temp, "TCP accept")?, client)
+            }
+        };
+        let (sa, sb) = if server_ino == a {
+            (server, client)
+        } else {
+            (client, server)
+        };
+        apply(&sa, fa);
+        apply(&sb, fb);
+        refill_tcp(&sb, &data(a))?;
+        refill_tcp(&sa, &data(b))?;
+        out.insert(a, sa);
+        out.insert(b, sb);
+    }
+    for (&ino, f) in &ends {
+        if f.kind != FdKind::Tcp || f.peer_ino != 0 {
+            continue;
+        }
+        let to = sock_addr(f.peer_name.as_deref(), ino)?;
+        if listener_for(&to).is_none() {
+            return Err(other(
+                format!("socket:[{ino}]"),
+                format!("waits to be accepted by TCP {to}, which is not in the checkpoint"),
+            ));
+        }
+        let fd = tcp_connect(&to)?;
+        apply(&fd, f);
+        out.insert(ino, fd);
+    }
+    Ok(out)
+}

@@ -55,7 +55,8 @@ impl Pipes {
             }
         }
         let fifos = super::channels::fifo_keepers(metas, gen_dir)?;
-        let sockets = super::channels::unix_sockets(metas, gen_dir)?;
+        let mut sockets = super::channels::unix_sockets(metas, gen_dir)?;
+        sockets.extend(super::channels::tcp_sockets(metas, gen_dir)?);
         let mut ends = HashMap::new();
         for (ino, rw) in seen {
             if rw != (true, true) {
