@@ -236,7 +236,11 @@ pub(crate) fn snapshot_fds(fd_dir: i32, exclude: &[i32], files_fd: i32, limit: u
 /// restore must reopen, unlike the launch's stdio that every process inherits.
 fn stdio_internal(fd: i32, mode: u32) -> bool {
     let fmt = mode & libc::S_IFMT;
-    if fd > 2 || !(fmt == libc::S_IFREG || fmt == libc::S_IFIFO && !is_anon_pipe(fd)) {
+    if fd > 2
+        || !(fmt == libc::S_IFREG
+            || fmt == libc::S_IFIFO && !is_anon_pipe(fd)
+            || fmt == libc::S_IFCHR && is_plain_device(fd))
+    {
         return false;
     }
     if !crate::tree::MEMBER.load(SeqCst) {
@@ -251,24 +255,40 @@ fn stdio_internal(fd: i32, mode: u32) -> bool {
     !(0..3).any(|r| unsafe { libc::syscall(libc::SYS_kcmp, me, root, 0, fd, r) } == 0)
 }
 
-/// Whether `fd` is an anonymous pipe (`pipe:[N]`) rather than a named FIFO. No allocation.
-pub(crate) fn is_anon_pipe(fd: i32) -> bool {
+/// Whether `fd` is one of the devices a restore reopens by path (`/dev/null`, `zero`,
+/// `full`, `random`, `urandom`), as `capture::fd_meta` decides. No allocation.
+fn is_plain_device(fd: i32) -> bool {
+    let mut t = [0u8; 32];
+    let n = fd_link(fd, &mut t);
+    matches!(
+        &t[..n],
+        b"/dev/null" | b"/dev/zero" | b"/dev/full" | b"/dev/random" | b"/dev/urandom"
+    )
+}
+
+/// readlink of /proc/self/fd/`fd` into `out`; the length read (0 on failure).
+fn fd_link(fd: i32, out: &mut [u8]) -> usize {
     let mut link = [0u8; 48];
     let mut nb = [0u8; 24];
     let digits = sys::itoa(fd as u64, &mut nb);
     let pre = b"/proc/self/fd/";
     link[..pre.len()].copy_from_slice(pre);
     link[pre.len()..pre.len() + digits.len()].copy_from_slice(digits);
-    let mut t = [0u8; 16];
-    // SAFETY: readlink into our buffer.
+    // SAFETY: readlink into the caller's buffer.
     let n = unsafe {
         libc::readlink(
             link.as_ptr() as *const libc::c_char,
-            t.as_mut_ptr() as *mut libc::c_char,
-            t.len(),
+            out.as_mut_ptr() as *mut libc::c_char,
+            out.len(),
         )
     };
-    n >= 5 && &t[..5] == b"pipe:"
+    n.max(0) as usize
+}
+
+/// Whether `fd` is an anonymous pipe (`pipe:[N]`) rather than a named FIFO. No allocation.
+pub(crate) fn is_anon_pipe(fd: i32) -> bool {
+    let mut t = [0u8; 16];
+    fd_link(fd, &mut t) >= 5 && &t[..5] == b"pipe:"
 }
 
 /// Which SQLite sidecars exist next to the file open at `fd`. No allocation.

@@ -214,6 +214,19 @@ pub fn named(name: &str) -> Option<Case> {
             fds: &[],
             tree: true,
         },
+        "python_manager" => Case {
+            name: "python_manager",
+            program: Program::Script {
+                interpreter: PYTHON,
+                script: "python_manager.py",
+                args: &[],
+            },
+            expect: Expect::SameAsUninterrupted,
+            needs_original_pids: true,
+            min_threads: 1,
+            fds: &[],
+            tree: true,
+        },
         "tree_socketpair" => Case {
             needs_original_pids: true,
             tree: true,

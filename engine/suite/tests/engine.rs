@@ -85,4 +85,5 @@ cases!(
     tree_unix_server,
     tree_scm,
     tree_tcp,
+    python_manager,
 );

@@ -178,3 +178,35 @@ print("done", flush=True)
         "only Unix stream and datagram socket pairs",
     );
 }
+
+#[test]
+fn tcp_connection_to_a_process_outside_the_tree() {
+    refused(
+        "tcpout",
+        r#"
+import os, socket, time
+r, w = os.pipe()
+if os.fork() == 0:
+    if os.fork() == 0:
+        os.close(r)
+        l = socket.socket()
+        l.bind(("127.0.0.1", 0))
+        l.listen(1)
+        os.write(w, str(l.getsockname()[1]).encode())
+        os.close(w)
+        c, _ = l.accept()
+        time.sleep(4)
+        os._exit(0)
+    os._exit(0)
+os.wait()
+os.close(w)
+port = int(os.read(r, 16))
+os.close(r)
+c = socket.create_connection(("127.0.0.1", port))
+print("READY", os.getpid(), flush=True)
+time.sleep(3)
+print("done", flush=True)
+"#,
+        "whose peer is outside the checkpointed process tree",
+    );
+}

@@ -81,6 +81,22 @@ impl FileTable {
             if fmt != libc::S_IFREG && fmt != libc::S_IFIFO {
                 return;
             }
+            if fmt == libc::S_IFIFO {
+                // Anonymous pipes are recreated by inode, not by open file description.
+                let mut t = [0u8; 8];
+                // SAFETY: readlinkat into our buffer.
+                let l = unsafe {
+                    libc::readlinkat(
+                        dir,
+                        n.as_ptr() as *const libc::c_char,
+                        t.as_mut_ptr() as *mut libc::c_char,
+                        t.len(),
+                    )
+                };
+                if l >= 5 && &t[..5] == b"pipe:" {
+                    return;
+                }
+            }
             if entries.len() == entries.capacity() {
                 *overflow = true;
                 return;
@@ -632,7 +648,7 @@ pub fn probe_no_writers(fds: &mut [FdSnap]) {
 /// Pause-safe.
 pub fn pipes_self_contained(fds: &[FdSnap]) -> Result<(), i32> {
     for s in fds {
-        if s.fd <= 2 || s.mode & libc::S_IFMT != libc::S_IFIFO {
+        if s.fd <= 2 || s.mode & libc::S_IFMT != libc::S_IFIFO || !crate::fds::is_anon_pipe(s.fd) {
             continue;
         }
         let acc = |f: &FdSnap| f.flags & libc::O_ACCMODE;

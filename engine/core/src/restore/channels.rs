@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
-use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -169,10 +168,26 @@ fn unix_addr(name: &str) -> Result<(libc::sockaddr_un, libc::socklen_t), Restore
     Ok((a, len as libc::socklen_t))
 }
 
-/// Runs `f` with `dir` as the working directory (relative socket names were bound
-/// there), then goes back.
-fn in_dir<T>(dir: &str, f: impl FnOnce() -> Result<T, RestoreError>) -> Result<T, RestoreError> {
-    let here = File::open(".").map_err(ioe("working directory"))?;
+/// Runs `f` with `dir` as the working directory when `name` is a relative path (it was
+/// bound relative to the program's directory), then goes back.
+fn in_dir<T>(
+    dir: &str,
+    name: &str,
+    f: impl FnOnce() -> Result<T, RestoreError>,
+) -> Result<T, RestoreError> {
+    if name.starts_with('/') || name.starts_with('@') {
+        return f();
+    }
+    // SAFETY: open with a NUL-terminated path; O_PATH needs no read permission.
+    let here = owned(
+        unsafe {
+            libc::open(
+                c".".as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        },
+        "working directory",
+    )?;
     std::env::set_current_dir(dir).map_err(ioe(format!("cwd {dir}")))?;
     let r = f();
     // SAFETY: fchdir to the directory we held open.
@@ -285,7 +300,7 @@ pub(super) fn unix_sockets<'a>(
         let Some(name) = f.sock_name.as_deref() else {
             continue;
         };
-        let fd = in_dir(cwd, || unix_listener(name, f.backlog))?;
+        let fd = in_dir(cwd, name, || unix_listener(name, f.backlog))?;
         listeners.insert(name, (ino, cwd));
         out.insert(ino, fd);
     }
@@ -311,11 +326,11 @@ pub(super) fn unix_sockets<'a>(
         } else {
             match (via(fa), via(fb)) {
                 (Some((name, (l, cwd))), _) => {
-                    let client = in_dir(cwd, || unix_connect(name))?;
+                    let client = in_dir(cwd, name, || unix_connect(name))?;
                     (accept(&out[&l], name)?, client)
                 }
                 (None, Some((name, (l, cwd)))) => {
-                    let client = in_dir(cwd, || unix_connect(name))?;
+                    let client = in_dir(cwd, name, || unix_connect(name))?;
                     let server = accept(&out[&l], name)?;
                     (client, server)
                 }
@@ -351,7 +366,7 @@ pub(super) fn unix_sockets<'a>(
                 format!("waits to be accepted by {name}, which is not in the checkpoint"),
             ));
         };
-        out.insert(ino, in_dir(cwd, || unix_connect(name))?);
+        out.insert(ino, in_dir(cwd, name, || unix_connect(name))?);
     }
     for (ino, (f, _)) in &ends {
         if f.shutdown == 0 {
