@@ -4,6 +4,7 @@
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 
 use torpor_engine::records::{FdSnap, LockSnap, SIDECARS};
 
@@ -12,6 +13,88 @@ use crate::sys;
 
 /// Most fds captured.
 pub const MAX_FDS: usize = 1024;
+
+/// Identity (device, inode) of the launch's stdio, fds 0-2 as the tree's root got them
+/// (what a restore replaces by the new launch's). Recorded by the root at start and
+/// after a restore; members get it from the root at each round (`tree::read_launch`).
+pub(crate) static LAUNCH: [AtomicU64; 6] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+pub(crate) static LAUNCH_SET: AtomicBool = AtomicBool::new(false);
+/// fds in the last snapshot (the restored process reads its own snapshot back).
+static LAST_NFDS: AtomicUsize = AtomicUsize::new(0);
+
+/// Records fds 0-2 as the launch's stdio (the root, at start).
+pub(crate) fn record_launch() {
+    for k in 0..3 {
+        // SAFETY: fstat into a local.
+        let (dev, ino) = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(k as i32, &mut st) == 0 {
+                (st.st_dev, st.st_ino)
+            } else {
+                (0, 0)
+            }
+        };
+        LAUNCH[2 * k].store(dev, SeqCst);
+        LAUNCH[2 * k + 1].store(ino, SeqCst);
+    }
+    LAUNCH_SET.store(true, SeqCst);
+}
+
+/// In a restored process: the fds that were copies of the launch's stdio at the
+/// checkpoint are now copies of the new launch's; records their identity.
+pub(crate) fn refresh_launch() {
+    // SAFETY: the snapshot restored with the process; manager-only.
+    let fds = unsafe { &(&*FDS.0.get())[..LAST_NFDS.load(SeqCst).min(MAX_FDS)] };
+    for s in fds.iter().filter(|s| s.launch != 0) {
+        let k = (s.launch - 1) as usize;
+        // SAFETY: fstat into a local.
+        let (dev, ino) = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(s.fd, &mut st) != 0 {
+                continue;
+            }
+            (st.st_dev, st.st_ino)
+        };
+        LAUNCH[2 * k].store(dev, SeqCst);
+        LAUNCH[2 * k + 1].store(ino, SeqCst);
+    }
+}
+
+/// Whether (dev, ino) is one of the launch's stdio files.
+pub(crate) fn is_launch(dev: u64, ino: u64) -> bool {
+    LAUNCH_SET.load(SeqCst)
+        && ino != 0
+        && (0..3)
+            .any(|k| LAUNCH[2 * k].load(SeqCst) == dev && LAUNCH[2 * k + 1].load(SeqCst) == ino)
+}
+
+/// Which launch stdio fd (0-2) `fd` is a copy of, plus one; 0 for none. Pipes, sockets
+/// and regular files are matched at any fd (a shell keeps its stdout at fd 10 while
+/// a compound command is redirected); devices only at their own number.
+fn launch_of(fd: i32, st: &libc::stat) -> u32 {
+    if !LAUNCH_SET.load(SeqCst) || st.st_ino == 0 {
+        return 0;
+    }
+    let fmt = st.st_mode & libc::S_IFMT;
+    let any = matches!(fmt, libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFREG);
+    let is = |k: usize| {
+        LAUNCH[2 * k].load(SeqCst) == st.st_dev && LAUNCH[2 * k + 1].load(SeqCst) == st.st_ino
+    };
+    if (0..=2).contains(&fd) && is(fd as usize) {
+        return fd as u32 + 1;
+    }
+    if !any {
+        return 0;
+    }
+    (0..3).find(|&k| is(k)).map(|k| k as u32 + 1).unwrap_or(0)
+}
 /// Most POSIX record locks captured.
 pub const MAX_LOCKS: usize = 256;
 
@@ -120,6 +203,7 @@ pub(crate) static FDS: Cell<[FdSnap; MAX_FDS]> = Cell(UnsafeCell::new(
         sidecars: 0,
         no_writers: 0,
         internal: 0,
+        launch: 0,
     }; MAX_FDS],
 ));
 
@@ -190,6 +274,7 @@ pub(crate) fn snapshot_fds(fd_dir: i32, exclude: &[i32], files_fd: i32, limit: u
             s.fdflags = libc::fcntl(fd, libc::F_GETFD);
             let mut st: libc::stat = std::mem::zeroed();
             if libc::fstat(fd, &mut st) == 0 {
+                s.launch = launch_of(fd, &st);
                 s.mode = st.st_mode;
                 s.size = st.st_size;
                 s.dev = st.st_dev;
@@ -199,7 +284,7 @@ pub(crate) fn snapshot_fds(fd_dir: i32, exclude: &[i32], files_fd: i32, limit: u
             }
             s.offset = libc::lseek(fd, 0, libc::SEEK_CUR);
         }
-        s.internal = stdio_internal(fd, s.mode) as u32;
+        s.internal = (s.launch == 0 && stdio_internal(fd, s.mode)) as u32;
         let acc = s.flags & libc::O_ACCMODE;
         let is_reg = s.mode & libc::S_IFMT == libc::S_IFREG;
         let needs_copy = is_reg
@@ -228,6 +313,7 @@ pub(crate) fn snapshot_fds(fd_dir: i32, exclude: &[i32], files_fd: i32, limit: u
         }
         n += 1;
     });
+    LAST_NFDS.store(n, SeqCst);
     n
 }
 
@@ -242,6 +328,9 @@ fn stdio_internal(fd: i32, mode: u32) -> bool {
             || fmt == libc::S_IFCHR && is_plain_device(fd))
     {
         return false;
+    }
+    if LAUNCH_SET.load(SeqCst) {
+        return true; // not a copy of the launch's stdio (checked by the caller)
     }
     if !crate::tree::MEMBER.load(SeqCst) {
         return false;

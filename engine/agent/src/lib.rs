@@ -561,6 +561,7 @@ fn start() {
     sigwrap::own_sigterm();
     manager::ROOT_SELF.store(sys::getpid(), SeqCst);
     tree::become_subreaper();
+    fds::record_launch();
     let _ = tree::CFG.set(cfg.clone());
     register_atfork();
     // Its fork children inherit the text ranges their lazy start checks.

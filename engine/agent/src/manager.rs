@@ -621,6 +621,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         std::mem::forget(timers);
         std::mem::forget(shared_maps);
         std::mem::forget(parent);
+        crate::fds::refresh_launch();
         finish_restore(n);
         return Outcome::Restored;
     };

@@ -63,6 +63,9 @@ pub struct FdSnap {
     /// fd 0-2 of a tree member opened inside the tree (a shell redirection), not the
     /// launch's stdio it inherited from the root: restored like any other fd.
     pub internal: u32,
+    /// A copy of the launch's stdio fd `launch - 1` (0: not one): restored as a copy of
+    /// the new launch's.
+    pub launch: u32,
 }
 
 /// Names of the sidecar files checked next to a captured file (SQLite's).

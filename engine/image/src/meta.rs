@@ -365,6 +365,11 @@ pub struct FdMeta {
     /// Listening sockets: how many connections were waiting to be accepted.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub queued: u32,
+    /// A copy of the launch's stdio fd N (0-2) kept at another number (a shell saving
+    /// its stdout at fd 10 around a redirection): restored as a copy of the new
+    /// launch's fd N, taken before any fd is placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<i32>,
     /// TCP sockets: options set again at restore, as (level, name, value).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sockopts: Vec<(i32, i32, i32)>,

@@ -214,6 +214,19 @@ pub fn named(name: &str) -> Option<Case> {
             fds: &[],
             tree: true,
         },
+        "shell_redirect" => Case {
+            name: "shell_redirect",
+            program: Program::Script {
+                interpreter: BASH,
+                script: "shell_redirect.sh",
+                args: &[],
+            },
+            expect: Expect::SameAsUninterrupted,
+            needs_original_pids: true,
+            min_threads: 1,
+            fds: &[],
+            tree: true,
+        },
         "python_manager" => Case {
             name: "python_manager",
             program: Program::Script {

@@ -86,4 +86,5 @@ cases!(
     tree_scm,
     tree_tcp,
     python_manager,
+    shell_redirect,
 );

@@ -81,6 +81,10 @@ impl FileTable {
             if fmt != libc::S_IFREG && fmt != libc::S_IFIFO {
                 return;
             }
+            // The launch's stdio: each process gets the new launch's.
+            if crate::fds::is_launch(st.st_dev, st.st_ino) {
+                return;
+            }
             if fmt == libc::S_IFIFO {
                 // Anonymous pipes are recreated by inode, not by open file description.
                 let mut t = [0u8; 8];
@@ -141,25 +145,21 @@ impl FileTable {
         Ok(())
     }
 
-    /// The open file descriptions held by more than one process, for the manifest. The
-    /// launch's stdio (the root's fds 0-2, inherited by every process) is left out: each
-    /// process gets the new launch's.
-    pub fn shared(&self, root: i32) -> Vec<SharedFile> {
+    /// The open file descriptions held by more than one process, for the manifest (the
+    /// launch's stdio was left out by `scan`).
+    pub fn shared(&self) -> Vec<SharedFile> {
         let mut out: Vec<SharedFile> = Vec::new();
         for (i, head) in self.entries.iter().enumerate() {
             if head.group != i as u32 {
                 continue;
             }
-            let mut members: Vec<(i32, i32)> = self
+            let members: Vec<(i32, i32)> = self
                 .entries
                 .iter()
                 .filter(|x| x.group == i as u32)
                 .map(|x| (x.pid, x.fd))
                 .collect();
-            if members.iter().any(|&(p, fd)| p == root && fd <= 2) {
-                members.retain(|m| m.1 > 2);
-            }
-            if members.iter().any(|m| m.0 != members[0].0) {
+            if members.iter().any(|m| m.0 != head.pid) {
                 out.push(SharedFile { members });
             }
         }
@@ -230,6 +230,38 @@ pub fn check_sockets(socks: &[(i32, FdMeta)]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Name of the file where the root leaves the launch's stdio identity for the members.
+const LAUNCH_FILE: &str = ".tree-stdio";
+
+/// The root, before a round: publishes the launch's stdio identity (fds 0-2 as it got
+/// them, or the new launch's after a restore).
+pub fn write_launch(dir: &Path) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let v: Vec<String> = crate::fds::LAUNCH
+        .iter()
+        .map(|a| a.load(SeqCst).to_string())
+        .collect();
+    let _ = std::fs::write(dir.join(LAUNCH_FILE), v.join(" "));
+}
+
+/// A member, before a round: takes the launch's stdio identity from the root.
+pub fn read_launch(dir: &Path) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Ok(t) = std::fs::read_to_string(dir.join(LAUNCH_FILE)) else {
+        return;
+    };
+    let v: Vec<u64> = t
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    if v.len() == 6 {
+        for (a, x) in crate::fds::LAUNCH.iter().zip(v) {
+            a.store(x, SeqCst);
+        }
+        crate::fds::LAUNCH_SET.store(true, SeqCst);
+    }
 }
 
 /// A pause-time failure on one fd (-1: not about one fd) and its reason.
@@ -650,6 +682,9 @@ pub fn pipes_self_contained(fds: &[FdSnap]) -> Result<(), i32> {
     for s in fds {
         if s.fd <= 2 || s.mode & libc::S_IFMT != libc::S_IFIFO || !crate::fds::is_anon_pipe(s.fd) {
             continue;
+        }
+        if s.launch != 0 {
+            continue; // a copy of the launch's stdio: restored as a copy of the new one
         }
         let acc = |f: &FdSnap| f.flags & libc::O_ACCMODE;
         let reader = fds.iter().any(|o| {

@@ -24,6 +24,9 @@ pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), S
             }
         }
         for f in &r.meta().fds {
+            if f.launch.is_some() {
+                continue;
+            }
             if matches!(
                 f.kind,
                 FdKind::UnixStream
@@ -35,7 +38,8 @@ pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), S
                 socks.push((*pid, f.clone()));
                 continue;
             }
-            if f.kind != FdKind::Pipe {
+            // A copy of the launch's stdio is restored as a copy of the new launch's.
+            if f.kind != FdKind::Pipe || f.launch.is_some() {
                 continue;
             }
             let acc = f.flags as i32 & libc::O_ACCMODE;
@@ -125,6 +129,7 @@ impl RootRound {
         all.extend(live.iter().map(|p| p.pid));
         let shm = shared_memory_groups(&all)?;
         let files = FileTable::for_tree(&all);
+        write_launch(&cfg.dir);
         let me_info = stat(me).ok_or("cannot read /proc/self/stat")?;
         let (marks, pipes_fd) =
             open_dirs(pending.path()).ok_or("cannot open the pending generation directory")?;
@@ -332,7 +337,7 @@ impl RootRound {
                         members: g.members.clone(),
                     })
                     .collect(),
-                open_files: self.files.shared(me),
+                open_files: self.files.shared(),
                 ..Default::default()
             })
             .map(|_| ())
@@ -376,6 +381,7 @@ impl MemberRound {
     ) -> Result<(MemberRound, torpor_image::store::Pending), String> {
         let _ = id;
         let me = sys::getpid();
+        read_launch(dir);
         let sub = tmp.join(format!("p{me}"));
         std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
             .create(&sub)

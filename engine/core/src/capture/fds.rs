@@ -9,7 +9,8 @@ use torpor_image::store::Pending;
 use super::{proc_err, read_link, CaptureError, CaptureInput};
 use crate::records::{FdSnap, SIDECARS};
 
-/// Describes every fd; fds sharing an open file description are marked as duplicates.
+/// Describes every fd; fds sharing an open file description are marked as duplicates
+/// of the lowest one (`dup_of`), which may be a stdio fd 0-2.
 pub(super) fn capture_fds(
     pending: &Pending,
     inp: &CaptureInput,
@@ -18,12 +19,14 @@ pub(super) fn capture_fds(
     // SAFETY: getpid cannot fail.
     let me = unsafe { libc::getpid() };
     for (i, s) in inp.fds.iter().enumerate() {
-        if s.fd > 2 || s.internal != 0 {
+        if (s.fd > 2 || s.internal != 0) && s.launch == 0 {
             // fds sharing one open file description must share it again after restore.
+            // A copy of the launch's stdio (a shell saving its stdout at fd 10 around a
+            // redirection) becomes a copy of the new launch's.
             let same = inp.fds[..i].iter().find(|o| {
-                (o.fd > 2 || o.internal != 0)
-                    // SAFETY: kcmp(KCMP_FILE=0) compares two of our own fds.
-                    && unsafe { libc::syscall(libc::SYS_kcmp, me, me, 0, o.fd, s.fd) } == 0
+                // SAFETY: kcmp(KCMP_FILE=0) compares two of our own fds.
+                let same = unsafe { libc::syscall(libc::SYS_kcmp, me, me, 0, o.fd, s.fd) };
+                same == 0
             });
             if let Some(o) = same {
                 let orig = fds.iter().find(|m: &&FdMeta| m.fd == o.fd).cloned();
@@ -81,10 +84,26 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         peer_name: None,
         backlog: 0,
         queued: 0,
+        launch: None,
         sockopts: Vec::new(),
         shutdown: 0,
     };
     let fmt = s.mode & libc::S_IFMT;
+    // The launch's stdio, at its own number or kept at another (a shell's fd 10).
+    if s.launch != 0 {
+        m.kind = FdKind::Stdio;
+        if s.fd as u32 + 1 != s.launch {
+            m.launch = Some(s.launch as i32 - 1);
+            m.file = None;
+            return Ok(m);
+        }
+        if s.captured == 1 {
+            m.captured = Some(format!("files/fd-{}", s.fd));
+        } else {
+            m.file = None;
+        }
+        return Ok(m);
+    }
     // Anonymous pipes (also at 0-2: a pipe inside the tree is recreated; one to the
     // outside is taken as stdio at restore).
     if fmt == libc::S_IFIFO && target.starts_with("pipe:") {

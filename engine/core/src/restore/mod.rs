@@ -228,6 +228,19 @@ pub(super) fn prepare_process(
         if f.dup_of.is_some() {
             continue;
         }
+        if let Some(k) = f.launch {
+            // A copy of the new launch's stdio fd k (still the restorer's own).
+            if k != f.fd {
+                // SAFETY: F_DUPFD_CLOEXEC of one of our stdio fds.
+                let fd = unsafe { libc::fcntl(k, libc::F_DUPFD_CLOEXEC, 3) };
+                if fd < 0 {
+                    return Err(last_os(&format!("copy of stdio fd {k} for fd {}", f.fd)));
+                }
+                // SAFETY: just created, owned here.
+                files.push((f.fd, unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+            continue;
+        }
         if let Some(fd) = pipes.shared_file(meta.origin.pid, f.fd)? {
             files.push((f.fd, fd));
             continue;
