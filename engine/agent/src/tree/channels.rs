@@ -243,7 +243,15 @@ pub fn write_launch(dir: &Path) {
         .iter()
         .map(|a| a.load(SeqCst).to_string())
         .collect();
-    let _ = std::fs::write(dir.join(LAUNCH_FILE), v.join(" "));
+    let tmp = dir.join(format!("{LAUNCH_FILE}-{}", sys::getpid()));
+    if std::fs::write(&tmp, v.join(" ")).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(LAUNCH_FILE));
+    }
+}
+
+/// The root, after a round.
+pub fn remove_launch(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(LAUNCH_FILE));
 }
 
 /// A member, before a round: takes the launch's stdio identity from the root.

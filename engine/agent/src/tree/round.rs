@@ -24,6 +24,7 @@ pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), S
             }
         }
         for f in &r.meta().fds {
+            // A copy of the launch's stdio is restored as a copy of the new launch's.
             if f.launch.is_some() {
                 continue;
             }
@@ -38,8 +39,7 @@ pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), S
                 socks.push((*pid, f.clone()));
                 continue;
             }
-            // A copy of the launch's stdio is restored as a copy of the new launch's.
-            if f.kind != FdKind::Pipe || f.launch.is_some() {
+            if f.kind != FdKind::Pipe {
                 continue;
             }
             let acc = f.flags as i32 & libc::O_ACCMODE;
@@ -357,6 +357,7 @@ impl RootRound {
         close(self.pipes_fd);
         close(self.proc_fd);
         let _ = std::fs::remove_file(self.dir.join(ROUND_FILE));
+        remove_launch(&self.dir);
     }
 }
 
