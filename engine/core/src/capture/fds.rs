@@ -200,6 +200,7 @@ fn socket_meta(s: &FdSnap, m: &mut FdMeta) -> Result<Option<FdKind>, CaptureErro
     const LISTEN: u8 = 10;
     m.pipe_ino = s.ino;
     m.shutdown = u.shutdown;
+    m.sockopts = super::unix::buffer_opts(s.fd);
     let stream = u.kind == libc::SOCK_STREAM as u8;
     if stream && u.state == LISTEN && u.named {
         m.sock_name = u.name;

@@ -155,6 +155,29 @@ fn query(fd: i32, ino: u64) -> Option<UnixInfo> {
     Some(info)
 }
 
+/// The socket's buffer sizes as `setsockopt` arguments (the kernel reports twice what
+/// was set): a refill at restore needs the room the program had.
+pub fn buffer_opts(fd: i32) -> Vec<(i32, i32, i32)> {
+    [libc::SO_SNDBUF, libc::SO_RCVBUF]
+        .iter()
+        .filter_map(|&name| {
+            let mut v = 0i32;
+            let mut l = 4u32;
+            // SAFETY: getsockopt into a local of the right size.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    name,
+                    &mut v as *mut i32 as *mut libc::c_void,
+                    &mut l,
+                )
+            };
+            (r == 0 && v > 0).then_some((libc::SOL_SOCKET, name, v / 2))
+        })
+        .collect()
+}
+
 /// The name of the socket `fd` is connected to (`getpeername`), as text.
 pub fn peer_name(fd: i32) -> Option<String> {
     // SAFETY: a zeroed sockaddr_un is valid; getpeername fills it.

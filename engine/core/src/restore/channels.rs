@@ -294,6 +294,12 @@ pub(super) fn unix_sockets<'a>(
         }
     }
     let mut out: HashMap<u64, OwnedFd> = HashMap::new();
+    // Buffer sizes as the program had them, before any data is sent again.
+    let bufs = |fd: &OwnedFd, f: &FdMeta| {
+        for &(l, n, v) in &f.sockopts {
+            setopt(fd, l, n, v);
+        }
+    };
     // Listeners, by name (with the directory relative names are bound in).
     let mut listeners: HashMap<&'a str, (u64, &'a str)> = HashMap::new();
     for (&ino, &(f, cwd)) in ends.iter().filter(|e| e.1 .0.kind == FdKind::UnixListen) {
@@ -337,6 +343,8 @@ pub(super) fn unix_sockets<'a>(
                 (None, None) => pair(libc::SOCK_STREAM)?,
             }
         };
+        bufs(&sa, fa);
+        bufs(&sb, fb);
         if fa.kind == FdKind::UnixDgram {
             refill_dgrams(&sb, &data(a))?;
             refill_dgrams(&sa, &data(b))?;
@@ -366,7 +374,9 @@ pub(super) fn unix_sockets<'a>(
                 format!("waits to be accepted by {name}, which is not in the checkpoint"),
             ));
         };
-        out.insert(ino, in_dir(cwd, name, || unix_connect(name))?);
+        let fd = in_dir(cwd, name, || unix_connect(name))?;
+        bufs(&fd, f);
+        out.insert(ino, fd);
     }
     for (ino, (f, _)) in &ends {
         if f.shutdown == 0 {
