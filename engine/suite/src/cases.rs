@@ -227,6 +227,19 @@ pub fn named(name: &str) -> Option<Case> {
             fds: &[],
             tree: true,
         },
+        "python_socketserver" => Case {
+            name: "python_socketserver",
+            program: Program::Script {
+                interpreter: PYTHON,
+                script: "python_socketserver.py",
+                args: &[],
+            },
+            expect: Expect::SameAsUninterrupted,
+            needs_original_pids: true,
+            min_threads: 1,
+            fds: &[],
+            tree: true,
+        },
         "python_manager" => Case {
             name: "python_manager",
             program: Program::Script {

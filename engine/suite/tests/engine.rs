@@ -87,4 +87,5 @@ cases!(
     tree_tcp,
     python_manager,
     shell_redirect,
+    python_socketserver,
 );

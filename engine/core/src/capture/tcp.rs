@@ -121,8 +121,24 @@ pub(super) fn tcp_meta(s: &FdSnap, m: &mut FdMeta) -> Result<Option<FdKind>, Cap
     m.sockopts = OPTS
         .iter()
         .filter_map(|&(l, n)| sockopt(s.fd, l, n).map(|v| (l, n, v)))
-        .filter(|o| o.2 != 0)
+        .filter(|o| o.2 != 0 || me.state == LISTEN && o.1 == libc::SO_REUSEADDR)
         .collect();
+    // The restore binds the listening port again, possibly while connections of the
+    // killed run linger in TIME_WAIT on it; those block the bind unless they had
+    // SO_REUSEADDR, which they inherit from the socket they were. Set it on the live
+    // socket (shared with the program; it only matters for binding); the restore puts
+    // the recorded value back on the listener.
+    let one = 1i32;
+    // SAFETY: setsockopt with a local int on the socket this fd refers to.
+    unsafe {
+        libc::setsockopt(
+            s.fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const i32 as *const libc::c_void,
+            4,
+        )
+    };
     if me.state == LISTEN {
         m.queued = me.rx_queue;
         m.backlog = me.tx_queue;
