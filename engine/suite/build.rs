@@ -39,6 +39,7 @@ const PROGS: &[&str] = &[
     "tree_unix_server",
     "tree_tcp",
     "tree_scm",
+    "tree_seqpacket",
 ];
 
 fn main() {

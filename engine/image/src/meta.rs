@@ -291,6 +291,9 @@ pub enum FdKind {
     /// as for `unix_stream`); the queued datagrams (`pipes/<ino>`: each a 4-byte
     /// little-endian length and its bytes) are sent again from the other end.
     UnixDgram,
+    /// One end of a connected, unnamed Unix seqpacket socket pair: as `unix_dgram`
+    /// (records kept), recreated with `socketpair(SOCK_SEQPACKET)`.
+    UnixSeqpacket,
     /// A listening Unix stream socket bound to `sock_name` with `backlog`; `queued`
     /// connections were waiting to be accepted (their clients are `unix_stream` ends
     /// with `peer_ino` 0 and `peer_name` this name).

@@ -2,10 +2,15 @@
  * datagrams queued both ways: the parent sends one datagram of a varying size
  * every tick, the child answers each with its size and sum but lags ~3 behind.
  * After a restore the pair must deliver the queued datagrams with their
- * boundaries (sizes) intact. */
+ * boundaries (sizes) intact. With SOCK_KIND SOCK_SEQPACKET (tree_seqpacket.c)
+ * the same over a seqpacket pair. */
 #include "common.h"
 #include <sys/socket.h>
 #include <sys/wait.h>
+
+#ifndef SOCK_KIND
+#define SOCK_KIND SOCK_DGRAM
+#endif
 
 #define MAXMSG 400
 
@@ -50,7 +55,7 @@ int main(int argc, char **argv)
 	pid_t child;
 
 	suite_init(argc, argv);
-	if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0)
+	if (socketpair(AF_UNIX, SOCK_KIND, 0, sv) != 0)
 		fail("socketpair");
 	child = fork();
 	if (child == 0) {

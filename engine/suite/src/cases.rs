@@ -303,6 +303,11 @@ pub fn named(name: &str) -> Option<Case> {
             tree: true,
             ..Case::native("tree_scm", 1)
         },
+        "tree_seqpacket" => Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native("tree_seqpacket", 1)
+        },
         _ => return None,
     };
     Some(c)

@@ -88,4 +88,5 @@ cases!(
     python_manager,
     shell_redirect,
     python_socketserver,
+    tree_seqpacket,
 );

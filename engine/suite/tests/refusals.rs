@@ -175,7 +175,7 @@ print("READY", os.getpid(), flush=True)
 os.waitpid(pid, 0)
 print("done", flush=True)
 "#,
-        "only Unix stream and datagram socket pairs",
+        "only Unix stream, datagram and seqpacket socket pairs",
     );
 }
 

@@ -197,7 +197,10 @@ pub fn waits_on(listener: &FdMeta, client: &FdMeta) -> bool {
 /// listener holds from a client in the tree.
 pub fn check_sockets(socks: &[(i32, FdMeta)]) -> Result<(), String> {
     for (pid, f) in socks.iter().filter(|s| s.1.fd > 2) {
-        let connected = matches!(f.kind, FdKind::UnixStream | FdKind::UnixDgram | FdKind::Tcp);
+        let connected = matches!(
+            f.kind,
+            FdKind::UnixStream | FdKind::UnixDgram | FdKind::UnixSeqpacket | FdKind::Tcp
+        );
         if connected && f.peer_ino != 0 && !socks.iter().any(|(_, o)| o.pipe_ino == f.peer_ino) {
             return Err(format!(
                 "process {pid} fd {} is a socket (socket:[{}]) whose peer is outside the checkpointed process tree; such sockets are not supported",
@@ -415,7 +418,7 @@ pub fn save_pipes(fds: &[FdSnap], pipes_fd: i32) -> Result<(), FdError> {
 enum Sock {
     /// Connected byte stream: Unix stream or TCP.
     Stream,
-    /// Connected Unix datagram socket.
+    /// Connected Unix datagram or seqpacket socket (one record per peek).
     Dgram,
     /// Listening, unconnected, or of another kind: nothing to save.
     Other,
@@ -449,7 +452,7 @@ fn socket_kind(fd: i32) -> Sock {
     }
     match (dom, ty) {
         (libc::AF_UNIX | libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) => Sock::Stream,
-        (libc::AF_UNIX, libc::SOCK_DGRAM) => Sock::Dgram,
+        (libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => Sock::Dgram,
         _ => Sock::Other,
     }
 }
@@ -591,7 +594,9 @@ fn peek_dgrams(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'st
                 break;
             }
             Ok(Some(0)) => {
-                res = Err("a zero-length datagram is queued on a socket pair (not supported)");
+                res = Err(
+                    "a zero-length datagram or record is queued on a socket pair (not supported)",
+                );
                 break;
             }
             Ok(Some(n)) => {

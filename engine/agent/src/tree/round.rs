@@ -32,6 +32,7 @@ pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), S
                 f.kind,
                 FdKind::UnixStream
                     | FdKind::UnixDgram
+                    | FdKind::UnixSeqpacket
                     | FdKind::UnixListen
                     | FdKind::Tcp
                     | FdKind::TcpListen

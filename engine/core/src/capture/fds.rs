@@ -175,7 +175,7 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
     } else {
         let why = match fmt {
             libc::S_IFSOCK => {
-                "only Unix stream and datagram socket pairs, listening Unix stream sockets and their connections, and loopback TCP inside the tree are supported"
+                "only Unix stream, datagram and seqpacket socket pairs, listening Unix stream sockets and their connections, and loopback TCP inside the tree are supported"
             }
             libc::S_IFCHR => "character devices other than null/zero/full/random/urandom",
             _ => "unsupported file kind",
@@ -233,6 +233,10 @@ fn socket_meta(s: &FdSnap, m: &mut FdMeta) -> Result<Option<FdKind>, CaptureErro
     if u.kind == libc::SOCK_DGRAM as u8 && u.peer != 0 && !u.named {
         m.peer_ino = u.peer;
         return Ok(Some(FdKind::UnixDgram));
+    }
+    if u.kind == libc::SOCK_SEQPACKET as u8 && u.state == ESTABLISHED && u.peer != 0 && !u.named {
+        m.peer_ino = u.peer;
+        return Ok(Some(FdKind::UnixSeqpacket));
     }
     Ok(None)
 }

@@ -285,7 +285,7 @@ pub(super) fn unix_sockets<'a>(
         for f in &m.fds {
             if matches!(
                 f.kind,
-                FdKind::UnixStream | FdKind::UnixDgram | FdKind::UnixListen
+                FdKind::UnixStream | FdKind::UnixDgram | FdKind::UnixSeqpacket | FdKind::UnixListen
             ) && f.dup_of.is_none()
             {
                 ends.entry(f.pipe_ino)
@@ -312,7 +312,8 @@ pub(super) fn unix_sockets<'a>(
     }
     let data = |ino: u64| gen_dir.join("pipes").join(ino.to_string());
     for (&a, &(fa, _)) in &ends {
-        if !matches!(fa.kind, FdKind::UnixStream | FdKind::UnixDgram) || fa.peer_ino == 0 {
+        let records = matches!(fa.kind, FdKind::UnixDgram | FdKind::UnixSeqpacket);
+        if !(records || fa.kind == FdKind::UnixStream) || fa.peer_ino == 0 {
             continue;
         }
         let b = fa.peer_ino;
@@ -329,6 +330,8 @@ pub(super) fn unix_sockets<'a>(
         };
         let (sa, sb) = if fa.kind == FdKind::UnixDgram {
             pair(libc::SOCK_DGRAM)?
+        } else if fa.kind == FdKind::UnixSeqpacket {
+            pair(libc::SOCK_SEQPACKET)?
         } else {
             match (via(fa), via(fb)) {
                 (Some((name, (l, cwd))), _) => {
@@ -345,7 +348,7 @@ pub(super) fn unix_sockets<'a>(
         };
         bufs(&sa, fa);
         bufs(&sb, fb);
-        if fa.kind == FdKind::UnixDgram {
+        if records {
             refill_dgrams(&sb, &data(a))?;
             refill_dgrams(&sa, &data(b))?;
         } else {

@@ -49,6 +49,7 @@ pub(super) fn reopen(f: &FdMeta, gen_dir: &Path) -> Result<Option<OwnedFd>, Rest
         | FdKind::Pipe
         | FdKind::UnixStream
         | FdKind::UnixDgram
+        | FdKind::UnixSeqpacket
         | FdKind::UnixListen
         | FdKind::Tcp
         | FdKind::TcpListen => return Ok(None),
