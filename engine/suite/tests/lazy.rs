@@ -1,4 +1,4 @@
-//! Lazy member managers (ADR 0006): a member gets its manager thread only when a round,
+//! Lazy member managers (ADR 0006, opt-in with `TORPOR_LAZY_MEMBERS=1`): a member gets its manager thread only when a round,
 //! a SIGTERM or the start timer needs it. With the timer pushed out of the way
 //! (`TORPOR_LAZY_START_MS`), every round of the tree cases starts the managers of the
 //! members from the request signal's handler. Needs `cargo build --release` first.
@@ -18,6 +18,8 @@ fn started_by_rounds_only() {
     // SAFETY: set before this test process starts any thread of its own; every
     // command it runs inherits it.
     unsafe { std::env::set_var("TORPOR_LAZY_START_MS", "3600000") };
+    // SAFETY: as above. Lazy managers are opt-in.
+    unsafe { std::env::set_var("TORPOR_LAZY_MEMBERS", "1") };
 }
 
 fn passes(name: &str) {

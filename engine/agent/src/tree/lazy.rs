@@ -25,6 +25,11 @@ pub const START_AFTER_NS: i64 = 50_000_000;
 /// Overrides [`START_AFTER_NS`] (milliseconds), for tests and diagnosis: a large value
 /// leaves the start to the first round or SIGTERM.
 pub const START_AFTER_VAR: &str = "TORPOR_LAZY_START_MS";
+/// Lazy starts are opt-in (`1`): the safe-point test refuses while the interrupted
+/// context blocks a caught signal, and a member that keeps such signals blocked (bash
+/// subshells pacing with `read -t` were seen to) would never get its manager, so a
+/// round would wait for it until the barrier timeout. Eager managers are the default.
+pub const ENABLE_VAR: &str = "TORPOR_LAZY_MEMBERS";
 static START_AFTER: AtomicI64 = AtomicI64::new(START_AFTER_NS);
 /// Delay between attempts.
 const RETRY_NS: i64 = 1_000_000;
@@ -104,8 +109,9 @@ pub fn init(request_sig: i32, start: fn()) {
     // SAFETY: dlsym with a NUL-terminated name.
     let calloc = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"calloc".as_ptr()) } as u64;
     let known = (0..3).all(|i| RANGES[i * 2 + 1].load(SeqCst) > 0);
+    let enabled = std::env::var_os(ENABLE_VAR).is_some_and(|v| v == "1");
     LAZY_OK.store(
-        cfg!(target_arch = "x86_64") && known && in_range(0, calloc),
+        enabled && cfg!(target_arch = "x86_64") && known && in_range(0, calloc),
         SeqCst,
     );
 }
