@@ -6,7 +6,6 @@
  * the same over a seqpacket pair. */
 #include "common.h"
 #include <sys/socket.h>
-#include <sys/wait.h>
 
 #ifndef SOCK_KIND
 #define SOCK_KIND SOCK_DGRAM
@@ -21,12 +20,7 @@ static int size_of(int i)
 
 static uint64_t msg_sum(const unsigned char *m, int n)
 {
-	uint64_t s = (uint64_t)n;
-	int k;
-
-	for (k = 0; k < n; k++)
-		s = s * 131 + m[k];
-	return s;
+	return sum131(m, (size_t)n, (uint64_t)n);
 }
 
 static void fill(unsigned char *m, int i)
@@ -50,14 +44,14 @@ static ssize_t rcv(int fd, void *b, size_t n)
 int main(int argc, char **argv)
 {
 	unsigned char m[MAXMSG], want[MAXMSG];
-	int sv[2], i, st, answered = 0;
+	int sv[2], i, answered = 0;
 	uint64_t v;
 	pid_t child;
 
 	suite_init(argc, argv);
 	if (socketpair(AF_UNIX, SOCK_KIND, 0, sv) != 0)
 		fail("socketpair");
-	child = fork();
+	child = fork_or_fail();
 	if (child == 0) {
 		int n = 0;
 		ssize_t r;
@@ -81,8 +75,6 @@ int main(int argc, char **argv)
 		_exit(0);
 	}
 	close(sv[1]);
-	if (child < 0)
-		fail("fork");
 	ready();
 	for (i = 0; i < suite_ticks; i++) {
 		tick(i);
@@ -106,6 +98,6 @@ int main(int argc, char **argv)
 	}
 	CHECK(rcv(sv[0], &v, sizeof(v)) == 8 && v == (0x5050000000000000ULL | (uint64_t)suite_ticks),
 	      "final count %llx", (unsigned long long)v);
-	CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %x", st);
+	expect_exit(child, 0, "child");
 	pass();
 }

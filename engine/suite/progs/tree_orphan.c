@@ -7,37 +7,6 @@
  * answered and exits. */
 #include "common.h"
 #include <signal.h>
-#include <sys/wait.h>
-
-static int read_full(int fd, void *buf, size_t n)
-{
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t r = read(fd, (char *)buf + got, n - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		got += r;
-	}
-	return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t n)
-{
-	size_t put = 0;
-
-	while (put < n) {
-		ssize_t r = write(fd, (const char *)buf + put, n - put);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		put += r;
-	}
-	return 0;
-}
 
 static void worker(int in, int out, pid_t a)
 {
@@ -60,7 +29,7 @@ static void worker(int in, int out, pid_t a)
 
 int main(int argc, char **argv)
 {
-	int down[2], up[2], i, st;
+	int down[2], up[2], i;
 	int64_t v;
 	pid_t a;
 
@@ -68,7 +37,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (pipe(down) || pipe(up))
 		fail("pipe");
-	a = fork();
+	a = fork_or_fail();
 	if (a == 0) {
 		pid_t me = getpid();
 
@@ -79,9 +48,7 @@ int main(int argc, char **argv)
 		}
 		_exit(0);
 	}
-	if (a < 0)
-		fail("fork");
-	CHECK(waitpid(a, &st, 0) == a && WIFEXITED(st) && WEXITSTATUS(st) == 0, "A status %x", st);
+	expect_exit(a, 0, "A");
 	close(down[0]);
 	close(up[1]);
 	if (read_full(up[0], &v, 8) != 0 || v != -1)

@@ -11,7 +11,6 @@
 #include "common.h"
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/wait.h>
 
 #define REC 1000
 
@@ -39,36 +38,6 @@ static void fill(unsigned char *r, int i)
 
 	for (k = 0; k < REC; k++)
 		r[k] = (unsigned char)(i * 7 + k);
-}
-
-static int read_full(int fd, void *buf, size_t n)
-{
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t r = read(fd, (char *)buf + got, n - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		got += r;
-	}
-	return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t n)
-{
-	size_t put = 0;
-
-	while (put < n) {
-		ssize_t r = write(fd, (const char *)buf + put, n - put);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		put += r;
-	}
-	return 0;
 }
 
 static void worker(int in, int out)
@@ -99,7 +68,7 @@ static void worker(int in, int out)
 
 int main(int argc, char **argv)
 {
-	int a[2], b[2], c[2], d[2], i, st, answered = 0;
+	int a[2], b[2], c[2], d[2], i, answered = 0;
 	unsigned char r[REC];
 	char line[64], back[64];
 	pid_t w, relay, zombie;
@@ -109,7 +78,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (pipe(a) || pipe(b) || pipe(c) || pipe(d))
 		fail("pipe");
-	w = fork();
+	w = fork_or_fail();
 	if (w == 0) {
 		close(a[1]);
 		close(b[0]);
@@ -120,7 +89,7 @@ int main(int argc, char **argv)
 		worker(a[0], b[1]);
 	}
 	setpgid(w, w);
-	relay = fork();
+	relay = fork_or_fail();
 	if (relay == 0) {
 		dup2(c[0], 0);
 		dup2(d[1], 1);
@@ -135,15 +104,13 @@ int main(int argc, char **argv)
 		execlp("cat", "cat", (char *)NULL);
 		_exit(5);
 	}
-	zombie = fork();
+	zombie = fork_or_fail();
 	if (zombie == 0)
 		_exit(7);
 	close(a[0]);
 	close(b[1]);
 	close(c[0]);
 	close(d[1]);
-	if (w < 0 || relay < 0 || zombie < 0)
-		fail("fork");
 	ready();
 	for (i = 0; i < suite_ticks; i++) {
 		tick(i);
@@ -179,10 +146,10 @@ int main(int argc, char **argv)
 		fail("no final count from the worker");
 	CHECK((v & 0xffff) == (uint64_t)suite_ticks, "worker counted %d records", (int)(v & 0xffff));
 	CHECK(((v >> 16) & 0xffff) == 1, "worker got %d SIGUSR1 (group signal)", (int)((v >> 16) & 0xffff));
-	CHECK(waitpid(w, &st, 0) == w && WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker status %x", st);
+	expect_exit(w, 0, "worker");
 	close(c[1]);
 	CHECK(read(d[0], back, 1) == 0, "cat did not end");
-	CHECK(waitpid(relay, &st, 0) == relay && WIFEXITED(st) && WEXITSTATUS(st) == 0, "cat status %x", st);
-	CHECK(waitpid(zombie, &st, 0) == zombie && WIFEXITED(st) && WEXITSTATUS(st) == 7, "zombie status %x", st);
+	expect_exit(relay, 0, "cat");
+	expect_exit(zombie, 7, "zombie");
 	pass();
 }

@@ -6,30 +6,18 @@
 #include "common.h"
 #include <fcntl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
-
-static void line(int fd, char who, int i)
-{
-	char b[32];
-	int n = snprintf(b, sizeof(b), "%c %d\n", who, i);
-
-	if (write(fd, b, n) != n)
-		_exit(5);
-}
 
 int main(int argc, char **argv)
 {
-	int sv[2], fd, i, st, seen[2][1000] = { { 0 } };
-	char cbuf[CMSG_SPACE(sizeof(int))], x = 'x', buf[65536], *p;
+	int sv[2], fd, i, seen[2][TAG_MAX_TICKS] = { { 0 } };
+	char cbuf[CMSG_SPACE(sizeof(int))], x = 'x';
 	struct iovec iov = { &x, 1 };
 	struct msghdr msg = { 0 };
 	struct cmsghdr *c;
 	pid_t child;
-	ssize_t n;
-	FILE *f;
 
 	suite_init(argc, argv);
-	if (suite_ticks > 1000)
+	if (suite_ticks > TAG_MAX_TICKS)
 		fail("too many ticks");
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
 		fail("socketpair");
@@ -37,7 +25,7 @@ int main(int argc, char **argv)
 	msg.msg_iovlen = 1;
 	msg.msg_control = cbuf;
 	msg.msg_controllen = sizeof(cbuf);
-	child = fork();
+	child = fork_or_fail();
 	if (child == 0) {
 		int got;
 
@@ -50,12 +38,10 @@ int main(int argc, char **argv)
 		memcpy(&got, CMSG_DATA(c), sizeof(int));
 		for (i = 0; i < suite_ticks; i++) {
 			sleep_ms(100);
-			line(got, 'C', i);
+			tag_line(got, 'C', i);
 		}
 		_exit(0);
 	}
-	if (child < 0)
-		fail("fork");
 	close(sv[1]);
 	fd = open("passed.txt", O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	if (fd < 0)
@@ -70,25 +56,10 @@ int main(int argc, char **argv)
 	ready();
 	for (i = 0; i < suite_ticks; i++) {
 		tick(i);
-		line(fd, 'P', i);
+		tag_line(fd, 'P', i);
 	}
-	CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %x", st);
-	f = fopen("passed.txt", "r");
-	if (!f)
-		fail("reopen passed.txt");
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n < 0 ? 0 : n] = 0;
-	for (p = buf; *p;) {
-		char who;
-		int k, used;
-
-		if (sscanf(p, "%c %d\n%n", &who, &k, &used) != 2 || p[used - 1] != '\n')
-			fail("garbled line at byte %d", (int)(p - buf));
-		CHECK(k >= 0 && k < suite_ticks && (who == 'P' || who == 'C'), "bad line at byte %d", (int)(p - buf));
-		seen[who == 'P' ? 0 : 1][k]++;
-		p += used;
-	}
+	expect_exit(child, 0, "child");
+	count_tag_lines("passed.txt", "PC", seen);
 	for (i = 0; i < suite_ticks; i++)
 		CHECK(seen[0][i] == 1 && seen[1][i] == 1, "line %d seen %d/%d times (P/C): offsets not shared",
 		      i, seen[0][i], seen[1][i]);

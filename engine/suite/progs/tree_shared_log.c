@@ -6,20 +6,10 @@
  * The parent checks at the end that every line is there exactly once. */
 #include "common.h"
 #include <fcntl.h>
-#include <sys/wait.h>
-
-static void line(int fd, char who, int i)
-{
-	char b[32];
-	int n = snprintf(b, sizeof(b), "%c %d\n", who, i);
-
-	if (write(fd, b, n) != n)
-		_exit(5);
-}
 
 static pid_t child(int fd, char who)
 {
-	pid_t c = fork();
+	pid_t c = fork_or_fail();
 	int i;
 
 	if (c != 0)
@@ -35,7 +25,7 @@ static pid_t child(int fd, char who)
 			printf("%c %d\n", who, i);
 			fflush(stdout);
 		} else {
-			line(fd, who, i);
+			tag_line(fd, who, i);
 		}
 	}
 	_exit(0);
@@ -43,14 +33,11 @@ static pid_t child(int fd, char who)
 
 int main(int argc, char **argv)
 {
-	int fd, i, st, seen[3][1000] = { { 0 } };
+	int fd, i, seen[3][TAG_MAX_TICKS] = { { 0 } };
 	pid_t a, b;
-	char buf[65536], *p;
-	ssize_t n;
-	FILE *f;
 
 	suite_init(argc, argv);
-	if (suite_ticks > 1000)
+	if (suite_ticks > TAG_MAX_TICKS)
 		fail("too many ticks");
 	fd = open("log.txt", O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	if (fd < 0)
@@ -63,32 +50,15 @@ int main(int argc, char **argv)
 	}
 	a = child(fd, 'A');
 	b = child(fd, 'B');
-	if (a < 0 || b < 0)
-		fail("fork");
 	ready();
 	for (i = 0; i < suite_ticks; i++) {
 		tick(i);
-		line(fd, 'P', i);
+		tag_line(fd, 'P', i);
 	}
-	CHECK(waitpid(a, &st, 0) == a && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child A status %x", st);
-	CHECK(waitpid(b, &st, 0) == b && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child B status %x", st);
+	expect_exit(a, 0, "child A");
+	expect_exit(b, 0, "child B");
 	CHECK(lseek(fd, 0, SEEK_CUR) == lseek(fd, 0, SEEK_END), "shared offset is not at the end");
-	f = fopen("log.txt", "r");
-	if (!f)
-		fail("reopen log.txt");
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n < 0 ? 0 : n] = 0;
-	for (p = buf; *p;) {
-		char who;
-		int k, used;
-
-		if (sscanf(p, "%c %d\n%n", &who, &k, &used) != 2 || p[used - 1] != '\n')
-			fail("garbled line at byte %d", (int)(p - buf));
-		CHECK(k >= 0 && k < suite_ticks && (who == 'P' || who == 'A' || who == 'B'), "bad line at byte %d", (int)(p - buf));
-		seen[who == 'P' ? 0 : who == 'A' ? 1 : 2][k]++;
-		p += used;
-	}
+	count_tag_lines("log.txt", "PAB", seen);
 	for (i = 0; i < suite_ticks; i++)
 		CHECK(seen[0][i] == 1 && seen[1][i] == 1 && seen[2][i] == 1,
 		      "line %d seen %d/%d/%d times (P/A/B): offsets not shared", i, seen[0][i], seen[1][i], seen[2][i]);

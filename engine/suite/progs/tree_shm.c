@@ -6,7 +6,6 @@
  * must still see one memory. */
 #include "common.h"
 #include <sys/mman.h>
-#include <sys/wait.h>
 
 struct shared {
 	volatile long count;
@@ -15,7 +14,7 @@ struct shared {
 
 int main(int argc, char **argv)
 {
-	int p2c[2], c2p[2], mfd, i, st;
+	int p2c[2], c2p[2], mfd, i;
 	struct shared *anon, *mem, *mem2;
 	char tok;
 	pid_t child;
@@ -28,7 +27,7 @@ int main(int argc, char **argv)
 	mem = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
 	if (mem == MAP_FAILED || pipe(p2c) || pipe(c2p))
 		fail("mmap/pipe");
-	child = fork();
+	child = fork_or_fail();
 	if (child == 0) {
 		close(p2c[1]);
 		close(c2p[0]);
@@ -50,8 +49,6 @@ int main(int argc, char **argv)
 	close(p2c[0]);
 	close(c2p[1]);
 	close(mfd);
-	if (child < 0)
-		fail("fork");
 	ready();
 	for (i = 0; i < suite_ticks; i++) {
 		tick(i);
@@ -63,6 +60,6 @@ int main(int argc, char **argv)
 		CHECK(mem->count == 2L * (i + 1), "memfd counter %ld at tick %d", mem->count, i);
 	}
 	close(p2c[1]);
-	CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %x", st);
+	expect_exit(child, 0, "child");
 	pass();
 }

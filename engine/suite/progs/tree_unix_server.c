@@ -12,7 +12,6 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 
 #ifndef USE_TCP
 #define USE_TCP 0
@@ -25,12 +24,7 @@ static int port;
 
 static uint64_t msg_sum(const unsigned char *m)
 {
-	uint64_t s = 0;
-	int k;
-
-	for (k = 0; k < MSG; k++)
-		s = s * 131 + m[k];
-	return s;
+	return sum131(m, MSG, 0);
 }
 
 static void fill(unsigned char *m, int w, int i)
@@ -39,21 +33,6 @@ static void fill(unsigned char *m, int w, int i)
 
 	for (k = 0; k < MSG; k++)
 		m[k] = (unsigned char)(w * 71 + i * 13 + k * 7);
-}
-
-static int io_full(int fd, void *buf, size_t n, int wr)
-{
-	size_t done = 0;
-
-	while (done < n) {
-		ssize_t r = wr ? write(fd, (char *)buf + done, n - done) : read(fd, (char *)buf + done, n - done);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		done += r;
-	}
-	return 0;
 }
 
 static int listen_sock(void)
@@ -111,22 +90,22 @@ static void worker(int k)
 	int fd = connect_sock(), n = 0;
 	uint64_t v;
 
-	if (io_full(fd, m, 1, 0) != 0 || m[0] != 'G')
+	if (read_full(fd, m, 1) != 0 || m[0] != 'G')
 		_exit(3);
-	if (io_full(fd, &id, 1, 1) != 0)
+	if (write_full(fd, &id, 1) != 0)
 		_exit(4);
-	while (io_full(fd, m, MSG, 0) == 0) {
+	while (read_full(fd, m, MSG) == 0) {
 		fill(want, k, n);
 		if (memcmp(m, want, MSG) != 0)
 			_exit(5);
 		v = msg_sum(m);
-		if (io_full(fd, &v, 8, 1) != 0)
+		if (write_full(fd, &v, 8) != 0)
 			_exit(6);
 		n++;
 		sleep_ms(80);
 	}
 	v = 0x5050000000000000ULL | (uint64_t)n;
-	io_full(fd, &v, 8, 1);
+	write_full(fd, &v, 8);
 	_exit(0);
 }
 
@@ -142,7 +121,7 @@ static void take(int l)
 	while (fd < 0 && errno == EINTR);
 	if (fd < 0)
 		fail("accept");
-	if (io_full(fd, "G", 1, 1) != 0 || io_full(fd, &id, 1, 0) != 0 || id >= NW || conn[id] >= 0)
+	if (write_full(fd, "G", 1) != 0 || read_full(fd, &id, 1) != 0 || id >= NW || conn[id] >= 0)
 		fail("greeting");
 	conn[id] = fd;
 }
@@ -153,7 +132,7 @@ static void answer(int w)
 	uint64_t v;
 
 	fill(m, w, answered[w]);
-	if (io_full(conn[w], &v, 8, 0) != 0)
+	if (read_full(conn[w], &v, 8) != 0)
 		fail("answer %d of worker %d missing", answered[w], w);
 	CHECK(v == msg_sum(m), "answer %d of worker %d wrong", answered[w], w);
 	answered[w]++;
@@ -163,20 +142,18 @@ int main(int argc, char **argv)
 {
 	unsigned char m[MSG];
 	pid_t kids[NW];
-	int l, i, w, st;
+	int l, i, w;
 	uint64_t v;
 
 	suite_init(argc, argv);
 	l = listen_sock();
 	for (w = 0; w < NW; w++) {
 		conn[w] = -1;
-		kids[w] = fork();
+		kids[w] = fork_or_fail();
 		if (kids[w] == 0) {
 			close(l);
 			worker(w);
 		}
-		if (kids[w] < 0)
-			fail("fork");
 	}
 	take(l);
 	take(l);
@@ -189,7 +166,7 @@ int main(int argc, char **argv)
 			if (conn[w] < 0)
 				continue;
 			fill(m, w, sent[w]);
-			if (io_full(conn[w], m, MSG, 1) != 0)
+			if (write_full(conn[w], m, MSG) != 0)
 				fail("request to worker %d", w);
 			sent[w]++;
 			while (sent[w] - answered[w] > 3)
@@ -201,11 +178,10 @@ int main(int argc, char **argv)
 		shutdown(conn[w], SHUT_WR);
 		while (answered[w] < sent[w])
 			answer(w);
-		CHECK(io_full(conn[w], &v, 8, 0) == 0 && v == (0x5050000000000000ULL | (uint64_t)sent[w]),
+		CHECK(read_full(conn[w], &v, 8) == 0 && v == (0x5050000000000000ULL | (uint64_t)sent[w]),
 		      "final count of worker %d: %llx", w, (unsigned long long)v);
 	}
 	for (w = 0; w < NW; w++)
-		CHECK(waitpid(kids[w], &st, 0) == kids[w] && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-		      "worker %d status %x", w, st);
+		expect_exit(kids[w], 0, "worker %d", w);
 	pass();
 }
