@@ -66,6 +66,48 @@ impl Case {
         }
     }
 
+    /// A C process-tree program (progs/tree_*.c): checks itself; the harness checkpoints
+    /// the whole tree, which needs the original pids.
+    fn tree(name: &'static str) -> Case {
+        Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::native(name, 1)
+        }
+    }
+
+    /// An unmodified script whose output must equal its uninterrupted run's.
+    fn script(
+        name: &'static str,
+        interpreter: &'static str,
+        script: &'static str,
+        min_threads: usize,
+    ) -> Case {
+        Case {
+            name,
+            program: Program::Script {
+                interpreter,
+                script,
+                args: &[],
+            },
+            expect: Expect::SameAsUninterrupted,
+            needs_original_pids: false,
+            min_threads,
+            fds: &[],
+            tree: false,
+        }
+    }
+
+    /// An unmodified script that starts a process tree (one thread each); compared with
+    /// its uninterrupted run.
+    fn script_tree(name: &'static str, interpreter: &'static str, script: &'static str) -> Case {
+        Case {
+            needs_original_pids: true,
+            tree: true,
+            ..Case::script(name, interpreter, script, 1)
+        }
+    }
+
     /// An unmodified binary whose output must equal its uninterrupted run's.
     pub fn reference_exe(name: &'static str, exe: impl Into<PathBuf>, min_threads: usize) -> Case {
         Case {
@@ -149,165 +191,29 @@ pub fn named(name: &str) -> Option<Case> {
             fds: &[(-1, "test.db")],
             tree: false,
         },
-        "python_threads" => Case {
-            name: "python_threads",
-            program: Program::Script {
-                interpreter: PYTHON,
-                script: "python_threads.py",
-                args: &[],
-            },
-            expect: Expect::SameAsUninterrupted,
-            needs_original_pids: false,
-            min_threads: 5,
-            fds: &[],
-            tree: false,
-        },
-        "perl_script" => Case {
-            name: "perl_script",
-            program: Program::Script {
-                interpreter: PERL,
-                script: "perl_script.pl",
-                args: &[],
-            },
-            expect: Expect::SameAsUninterrupted,
-            needs_original_pids: false,
-            min_threads: 1,
-            fds: &[],
-            tree: false,
-        },
-        "shell_pipeline" => Case {
-            name: "shell_pipeline",
-            program: Program::Script {
-                interpreter: BASH,
-                script: "pipeline.sh",
-                args: &[],
-            },
-            expect: Expect::SameAsUninterrupted,
-            needs_original_pids: true,
-            min_threads: 1,
-            fds: &[],
-            tree: true,
-        },
-        "python_subprocess" => Case {
-            name: "python_subprocess",
-            program: Program::Script {
-                interpreter: PYTHON,
-                script: "python_subprocess.py",
-                args: &[],
-            },
-            expect: Expect::SameAsUninterrupted,
-            needs_original_pids: true,
-            min_threads: 1,
-            fds: &[],
-            tree: true,
-        },
-        "python_pool" => Case {
-            name: "python_pool",
-            program: Program::Script {
-                interpreter: PYTHON,
-                script: "python_pool.py",
-                args: &[],
-            },
-            expect: Expect::SameAsUninterrupted,
-            needs_original_pids: true,
-            min_threads: 1,
-            fds: &[],
-            tree: true,
-        },
-        "shell_redirect" => Case {
-            name: "shell_redirect",
-            program: Program::Script {
-                interpreter: BASH,
-                script: "shell_redirect.sh",
-                args: &[],
-            },
-            expect: Expect::SameAsUninterrupted,
-            needs_original_pids: true,
-            min_threads: 1,
-            fds: &[],
-            tree: true,
-        },
-        "python_socketserver" => Case {
-            name: "python_socketserver",
-            program: Program::Script {
-                interpreter: PYTHON,
-                script: "python_socketserver.py",
-                args: &[],
-            },
-            expect: Expect::SameAsUninterrupted,
-            needs_original_pids: true,
-            min_threads: 1,
-            fds: &[],
-            tree: true,
-        },
-        "python_manager" => Case {
-            name: "python_manager",
-            program: Program::Script {
-                interpreter: PYTHON,
-                script: "python_manager.py",
-                args: &[],
-            },
-            expect: Expect::SameAsUninterrupted,
-            needs_original_pids: true,
-            min_threads: 1,
-            fds: &[],
-            tree: true,
-        },
-        "tree_socketpair" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_socketpair", 1)
-        },
-        "tree_shm" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_shm", 1)
-        },
-        "tree_orphan" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_orphan", 1)
-        },
-        "tree_pipes" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_pipes", 1)
-        },
-        "tree_shared_log" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_shared_log", 1)
-        },
-        "tree_fifo" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_fifo", 1)
-        },
-        "tree_dgram" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_dgram", 1)
-        },
-        "tree_unix_server" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_unix_server", 1)
-        },
-        "tree_tcp" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_tcp", 1)
-        },
-        "tree_scm" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_scm", 1)
-        },
-        "tree_seqpacket" => Case {
-            needs_original_pids: true,
-            tree: true,
-            ..Case::native("tree_seqpacket", 1)
-        },
+        "python_threads" => Case::script("python_threads", PYTHON, "python_threads.py", 5),
+        "perl_script" => Case::script("perl_script", PERL, "perl_script.pl", 1),
+        "shell_pipeline" => Case::script_tree("shell_pipeline", BASH, "pipeline.sh"),
+        "python_subprocess" => {
+            Case::script_tree("python_subprocess", PYTHON, "python_subprocess.py")
+        }
+        "python_pool" => Case::script_tree("python_pool", PYTHON, "python_pool.py"),
+        "shell_redirect" => Case::script_tree("shell_redirect", BASH, "shell_redirect.sh"),
+        "python_socketserver" => {
+            Case::script_tree("python_socketserver", PYTHON, "python_socketserver.py")
+        }
+        "python_manager" => Case::script_tree("python_manager", PYTHON, "python_manager.py"),
+        "tree_socketpair" => Case::tree("tree_socketpair"),
+        "tree_shm" => Case::tree("tree_shm"),
+        "tree_orphan" => Case::tree("tree_orphan"),
+        "tree_pipes" => Case::tree("tree_pipes"),
+        "tree_shared_log" => Case::tree("tree_shared_log"),
+        "tree_fifo" => Case::tree("tree_fifo"),
+        "tree_dgram" => Case::tree("tree_dgram"),
+        "tree_unix_server" => Case::tree("tree_unix_server"),
+        "tree_tcp" => Case::tree("tree_tcp"),
+        "tree_scm" => Case::tree("tree_scm"),
+        "tree_seqpacket" => Case::tree("tree_seqpacket"),
         _ => return None,
     };
     Some(c)
