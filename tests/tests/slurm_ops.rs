@@ -18,7 +18,7 @@ use torpor_tests::resume::{
     build_counter, generations, latest_manifest, now_ms, reference_output, Checks, Event, Trace,
 };
 use torpor_tests::resume_checks::*;
-use torpor_tests::scenario::{Ending, Ready, Scenario, TraceCheck};
+use torpor_tests::scenario::{Ending, Ready, Running, Scenario, TraceCheck};
 use torpor_tests::{ClusterOptions, Out};
 
 /// `torpor ARGS` as the test user (its own jobs: Slurm authorizes it).
@@ -226,7 +226,7 @@ fn vacate_resumes(ctx: &Ctx) {
             trace: TraceCheck::Counts,
         })
         .run(|r| {
-            let (job, trace, dirs) = (r.job, r.trace.clone(), r.dirs.clone());
+            let (job, trace) = (r.job, r.trace.clone());
             let t_req = now_ms();
             let out = torpor_user(ctx, &["vacate", &job.to_string(), "--json"]);
             r.ck.check(out.ok(), format!("torpor vacate exits 0: {}", out.status));
@@ -247,23 +247,34 @@ fn vacate_resumes(ctx: &Ctx) {
                         .is_some_and(|s| s >= stopped_at + 3))
             });
             r.ck.check(res.is_ok(), format!("resumed and progressing: {res:?}"));
-            let before = generations(&dirs[0]);
-            let out = torpor_user(ctx, &["checkpoint", &job.to_string(), "--json"]);
-            let v = parse_json(&out, "torpor checkpoint --json after the restore");
-            std::thread::sleep(Duration::from_millis(1500));
-            let after = generations(&dirs[0]);
-            let prev = v["programs"][0]["previous_generation"]
-                .as_u64()
-                .unwrap_or(0);
-            r.ck.check(
-                out.ok()
-                    && v["programs"][0]["generation"].as_u64() == Some(prev + 1)
-                    && after.last().copied() == Some(prev + 1),
-                format!(
-                    "restored program: one request, one generation: {before:?} -> {after:?}, {v}"
-                ),
+            one_request_one_generation(
+                r,
+                "after the restore",
+                Duration::from_millis(1500),
+                "restored program",
             );
         });
+}
+
+/// `torpor checkpoint JOBID --json` once, then, after `settle` (time for a second round,
+/// should the request reach the program twice), checks that it gave exactly one new
+/// generation in the first program directory. `what` ends the JSON label ("torpor
+/// checkpoint --json WHAT"), `who` starts the check's message.
+fn one_request_one_generation(r: &mut Running<'_>, what: &str, settle: Duration, who: &str) {
+    let before = generations(&r.dirs[0]);
+    let out = torpor_user(r.ctx, &["checkpoint", &r.job.to_string(), "--json"]);
+    let v = parse_json(&out, &format!("torpor checkpoint --json {what}"));
+    std::thread::sleep(settle);
+    let after = generations(&r.dirs[0]);
+    let prev = v["programs"][0]["previous_generation"]
+        .as_u64()
+        .unwrap_or(0);
+    r.ck.check(
+        out.ok()
+            && v["programs"][0]["generation"].as_u64() == Some(prev + 1)
+            && after.last().copied() == Some(prev + 1),
+        format!("{who}: one request, one generation: {before:?} -> {after:?}, {v}"),
+    );
 }
 
 /// `torpor checkpoint JOBID` on a process tree (perl running the counter with `system`):
@@ -276,26 +287,13 @@ fn checkpoint_tree(ctx: &Ctx) {
         .ready(Ready::Running(5))
         .ending(Ending::Uninterrupted)
         .run(|r| {
-            let (job, dirs) = (r.job, r.dirs.clone());
+            let dirs = r.dirs.clone();
             r.ck.check(
                 dirs.len() == 1,
                 format!("one program directory (perl's, the tree's root): {dirs:?}"),
             );
-            let before = generations(&dirs[0]);
-            let out = torpor_user(ctx, &["checkpoint", &job.to_string(), "--json"]);
-            let v = parse_json(&out, "torpor checkpoint --json of a tree");
             // A second, forwarded request would start its round right after the first one.
-            std::thread::sleep(Duration::from_millis(2000));
-            let after = generations(&dirs[0]);
-            let prev = v["programs"][0]["previous_generation"]
-                .as_u64()
-                .unwrap_or(0);
-            r.ck.check(
-                out.ok()
-                    && v["programs"][0]["generation"].as_u64() == Some(prev + 1)
-                    && after.last().copied() == Some(prev + 1),
-                format!("tree: one request, one generation: {before:?} -> {after:?}, {v}"),
-            );
+            one_request_one_generation(r, "of a tree", Duration::from_millis(2000), "tree");
             let procs = latest_manifest(&dirs[0]).map(|m| m.processes.len());
             r.ck.check(
                 procs == Some(2),
