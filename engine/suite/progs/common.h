@@ -87,6 +87,18 @@ static inline void sleep_ms(long ms)
 		ts = rem;
 }
 
+/* Deterministic pseudo-random numbers (xorshift64): the next value of *s, which
+ * starts at XORSHIFT_SEED. */
+#define XORSHIFT_SEED 88172645463325252ULL
+
+static inline uint64_t xorshift64(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
 /* One step of the long phase: sleep 100 ms, print the numbered tick. */
 static inline void tick(int i)
 {

@@ -12,7 +12,7 @@ int main(int argc, char **argv)
 	long steps = argc > 1 ? atol(argv[1]) : 3000;
 	long mib = argc > 2 ? atol(argv[2]) : 16;
 	size_t words, i;
-	uint64_t *buf, x = 88172645463325252ULL, h = 0, fold = 0;
+	uint64_t *buf, x = XORSHIFT_SEED, h = 0, fold = 0;
 	long s;
 	int k;
 
@@ -30,10 +30,7 @@ int main(int argc, char **argv)
 		for (k = 0; k < 4096; k++) {
 			uint64_t j;
 
-			x ^= x << 13;
-			x ^= x >> 7;
-			x ^= x << 17;
-			j = x % words;
+			j = xorshift64(&x) % words;
 			buf[j] = buf[j] * 6364136223846793005ULL + x;
 			h = h * 31 + buf[j];
 		}

@@ -4,14 +4,11 @@
  * "grown"; at the end it prints "RESULT <hash of both buffers>" and PASS. */
 #include "common.h"
 
-static uint64_t x = 88172645463325252ULL;
+static uint64_t x = XORSHIFT_SEED;
 
 static uint64_t rnd(void)
 {
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return x;
+	return xorshift64(&x);
 }
 
 int main(int argc, char **argv)

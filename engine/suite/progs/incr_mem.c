@@ -19,14 +19,11 @@
 #define PG 4096UL
 #define SMALL (64 * PG)
 
-static uint64_t x = 88172645463325252ULL;
+static uint64_t x = XORSHIFT_SEED;
 
 static uint64_t rnd(void)
 {
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return x;
+	return xorshift64(&x);
 }
 
 static void fill(uint64_t *p, size_t bytes)
