@@ -4,9 +4,13 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+
+use crate::output::is_ready;
+use crate::process::Proc;
 
 /// File names of the engine's build products in `target/release`.
 pub const TORPOR_BIN: &str = "torpor";
@@ -81,6 +85,35 @@ impl Contract {
     /// `torpor inspect PATH --json`
     pub fn inspect_args(&self, image: &Path) -> Vec<OsString> {
         vec!["inspect".into(), image.into(), "--json".into()]
+    }
+
+    /// `torpor ARGS` in `dir`, started through the suite's `fdclean` (only stdio
+    /// inherited: torpor refuses to checkpoint the test runner's other fds).
+    pub fn command(&self, dir: &Path, args: Vec<OsString>) -> Command {
+        let mut c = Command::new(Path::new(env!("TORPOR_SUITE_PROGS_DIR")).join("fdclean"));
+        c.arg(&self.torpor).args(args).current_dir(dir);
+        c
+    }
+
+    /// Starts `torpor run` of `argv` (images in `images`) in `dir` and waits for its READY
+    /// line: the running program and the pids that line names, in order.
+    pub fn run_until_ready(
+        &self,
+        dir: &Path,
+        images: &Path,
+        argv: &[OsString],
+    ) -> Result<(Proc, Vec<u32>)> {
+        let mut p = Proc::spawn(self.command(dir, self.run_args(images, argv)), "torpor run")
+            .context("program starts")?;
+        let (_, first) = p
+            .wait_line(0, TIMING.ready, is_ready)
+            .context("program prints READY")?;
+        let pids = first
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        Ok((p, pids))
     }
 }
 

@@ -3,13 +3,10 @@
 //! (`TORPOR_LAZY_START_MS`), every round of the tree cases starts the managers of the
 //! members from the request signal's handler. Needs `cargo build --release` first.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use torpor_engine_suite::cases;
 use torpor_engine_suite::contract::{Contract, TIMING};
-use torpor_engine_suite::output::is_ready;
 use torpor_engine_suite::process::{self, Proc};
 use torpor_engine_suite::scenario::Outcome;
 use torpor_engine_suite::{run_case, Variant};
@@ -78,24 +75,14 @@ time.sleep(30)
 "#,
     )
     .expect("script written");
-    let fdclean = PathBuf::from(env!("TORPOR_SUITE_PROGS_DIR")).join("fdclean");
-    let mut run = Command::new(&fdclean);
-    run.arg(&contract.torpor)
-        .args(contract.run_args(
+    let (p, pids) = contract
+        .run_until_ready(
+            dir,
             &dir.join("images"),
             &["/usr/bin/python3".into(), prog.into()],
-        ))
-        .current_dir(dir);
-    let mut p = Proc::spawn(run, "torpor run").expect("program starts");
-    let (_, first) = p
-        .wait_line(0, TIMING.ready, is_ready)
+        )
         .expect("program prints READY");
-    let pids: Vec<u32> = first
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    assert_eq!(pids.len(), 3, "bad READY line {first:?}");
+    assert_eq!(pids.len(), 3, "bad READY line: pids {pids:?}");
     (p, pids[0], pids[1..].to_vec())
 }
 
@@ -134,10 +121,10 @@ fn no_thread_until_needed() {
             threads(k)
         );
     }
-    let mut ck = Command::new(PathBuf::from(env!("TORPOR_SUITE_PROGS_DIR")).join("fdclean"));
-    ck.arg(&contract.torpor)
-        .args(contract.checkpoint_args(root, Duration::from_secs(30)))
-        .current_dir(&dir);
+    let ck = contract.command(
+        &dir,
+        contract.checkpoint_args(root, Duration::from_secs(30)),
+    );
     let f = process::run(ck, "torpor checkpoint", TIMING.command).expect("checkpoint runs");
     assert!(f.status.success(), "the round failed\n{}", f.describe());
     for &k in &kids {

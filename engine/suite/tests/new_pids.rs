@@ -5,12 +5,10 @@
 //! --release` first.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use torpor_engine_suite::cases;
 use torpor_engine_suite::contract::{Contract, TIMING};
-use torpor_engine_suite::output::is_ready;
 use torpor_engine_suite::process::{self, Proc};
 use torpor_engine_suite::scenario::Outcome;
 use torpor_engine_suite::{run_case, Variant};
@@ -66,34 +64,22 @@ fn warning_is_printed_once() {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let images = dir.join("images");
     let progs = PathBuf::from(env!("TORPOR_SUITE_PROGS_DIR"));
-    let fdclean = progs.join("fdclean");
-    let mut run = Command::new(&fdclean);
-    run.arg(&contract.torpor)
-        .args(contract.run_args(&images, &[progs.join("tree_orphan").into(), "30".into()]))
-        .current_dir(&dir);
-    let mut p = Proc::spawn(run, "torpor run").expect("program starts");
-    let (_, first) = p
-        .wait_line(0, TIMING.ready, is_ready)
+    let (p, pids) = contract
+        .run_until_ready(
+            &dir,
+            &images,
+            &[progs.join("tree_orphan").into(), "30".into()],
+        )
         .expect("program prints READY");
-    let pid: u32 = first
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("READY pid");
+    let pid = *pids.first().expect("READY pid");
     std::thread::sleep(Duration::from_millis(500));
-    let mut ck = Command::new(&fdclean);
-    ck.arg(&contract.torpor)
-        .args(contract.checkpoint_args(pid, Duration::from_secs(30)))
-        .current_dir(&dir);
+    let ck = contract.command(&dir, contract.checkpoint_args(pid, Duration::from_secs(30)));
     let f = process::run(ck, "torpor checkpoint", TIMING.command).expect("checkpoint runs");
     assert!(f.status.success(), "checkpoint failed\n{}", f.describe());
     process::kill_tree(pid);
     let _ = p.finish(TIMING.exit);
 
-    let mut rs = Command::new(&fdclean);
-    rs.arg(&contract.torpor)
-        .args(contract.restore_args(&images))
-        .current_dir(&dir);
+    let rs = contract.command(&dir, contract.restore_args(&images));
     let restored = Proc::spawn(rs, "torpor restore").expect("restore starts");
     let fin = restored.finish(TIMING.exit).expect("restored tree ends");
     assert!(

@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use torpor_engine_suite::contract::{Contract, TIMING};
-use torpor_engine_suite::output::is_ready;
 use torpor_engine_suite::process::{self, Proc};
 
 fn signal(pid: u32, sig: &str) {
@@ -47,32 +46,22 @@ print("done", flush=True)
 "#,
     )
     .expect("script written");
-    let fdclean = PathBuf::from(env!("TORPOR_SUITE_PROGS_DIR")).join("fdclean");
-    let mut run = Command::new(&fdclean);
-    run.arg(&contract.torpor)
-        .args(contract.run_args(
+    let (p, pids) = contract
+        .run_until_ready(
+            &dir,
             &dir.join("images"),
             &["/usr/bin/python3".into(), prog.into()],
-        ))
-        .current_dir(&dir);
-    let mut p = Proc::spawn(run, "torpor run").expect("program starts");
-    let (_, first) = p
-        .wait_line(0, TIMING.ready, is_ready)
+        )
         .expect("program prints READY");
-    let pids: Vec<u32> = first
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
     let (root, member) = (pids[0], pids[1]);
     std::thread::sleep(Duration::from_millis(500));
 
     // The member cannot answer (stopped); the round waits for it; then it dies.
     signal(member, "STOP");
-    let mut ck = Command::new(&fdclean);
-    ck.arg(&contract.torpor)
-        .args(contract.checkpoint_args(root, Duration::from_secs(30)))
-        .current_dir(&dir);
+    let ck = contract.command(
+        &dir,
+        contract.checkpoint_args(root, Duration::from_secs(30)),
+    );
     let round = Proc::spawn(ck, "torpor checkpoint").expect("checkpoint starts");
     std::thread::sleep(Duration::from_millis(700));
     signal(member, "KILL");
@@ -85,11 +74,10 @@ print("done", flush=True)
     );
     // Failed (the member exited) or retried without it: either way the tree runs on
     // and a later round succeeds.
-    let mut again = Command::new(&fdclean);
-    again
-        .arg(&contract.torpor)
-        .args(contract.checkpoint_args(root, Duration::from_secs(30)))
-        .current_dir(&dir);
+    let again = contract.command(
+        &dir,
+        contract.checkpoint_args(root, Duration::from_secs(30)),
+    );
     let g =
         process::run(again, "torpor checkpoint (again)", TIMING.command).expect("checkpoint runs");
     assert!(
