@@ -125,12 +125,7 @@ fn parse_i64(b: &[u8]) -> Option<i64> {
 /// /proc/self/fdinfo/<fd> such as `lock: 1: POSIX ADVISORY WRITE <pid> <dev:ino> 5 14`).
 /// No allocation. Returns the new count.
 pub(crate) fn snapshot_locks(fd: i32, mut n: usize) -> usize {
-    let mut path = [0u8; 48];
-    let mut nb = [0u8; 24];
-    let digits = sys::itoa(fd as u64, &mut nb);
-    let pre = b"/proc/self/fdinfo/";
-    path[..pre.len()].copy_from_slice(pre);
-    path[pre.len()..pre.len() + digits.len()].copy_from_slice(digits);
+    let path = proc_self_fd_path(b"fdinfo/", fd);
     let f = sys_open(&path, libc::O_RDONLY);
     if f < 0 {
         return n;
@@ -357,12 +352,7 @@ fn is_plain_device(fd: i32) -> bool {
 
 /// readlink of /proc/self/fd/`fd` into `out`; the length read (0 on failure).
 fn fd_link(fd: i32, out: &mut [u8]) -> usize {
-    let mut link = [0u8; 48];
-    let mut nb = [0u8; 24];
-    let digits = sys::itoa(fd as u64, &mut nb);
-    let pre = b"/proc/self/fd/";
-    link[..pre.len()].copy_from_slice(pre);
-    link[pre.len()..pre.len() + digits.len()].copy_from_slice(digits);
+    let link = proc_self_fd_path(b"fd/", fd);
     // SAFETY: readlink into the caller's buffer.
     let n = unsafe {
         libc::readlink(
@@ -382,12 +372,7 @@ pub(crate) fn is_anon_pipe(fd: i32) -> bool {
 
 /// Which SQLite sidecars exist next to the file open at `fd`. No allocation.
 fn sidecars_present(fd: i32) -> u32 {
-    let mut link = [0u8; 48];
-    let mut nb = [0u8; 24];
-    let digits = sys::itoa(fd as u64, &mut nb);
-    let pre = b"/proc/self/fd/";
-    link[..pre.len()].copy_from_slice(pre);
-    link[pre.len()..pre.len() + digits.len()].copy_from_slice(digits);
+    let link = proc_self_fd_path(b"fd/", fd);
     let mut path = [0u8; 4200];
     // SAFETY: readlink into our buffer, leaving room for a suffix and a NUL.
     let n = unsafe {
@@ -425,11 +410,20 @@ fn copy_file(fd: i32, files_fd: i32, size: u64) -> bool {
     let digits = sys::itoa(fd as u64, &mut nb);
     name[..3].copy_from_slice(b"fd-");
     name[3..3 + digits.len()].copy_from_slice(digits);
-    let mut src_path = [0u8; 48];
-    let pre = b"/proc/self/fd/";
-    src_path[..pre.len()].copy_from_slice(pre);
-    src_path[pre.len()..pre.len() + digits.len()].copy_from_slice(digits);
-    copy_path(&src_path, files_fd, &name, Some(size))
+    copy_path(&proc_self_fd_path(b"fd/", fd), files_fd, &name, Some(size))
+}
+
+/// `/proc/self/<kind><fd>`, NUL-terminated, for `kind` `fd/` or `fdinfo/`. No allocation.
+fn proc_self_fd_path(kind: &[u8], fd: i32) -> [u8; 48] {
+    let mut path = [0u8; 48];
+    let mut nb = [0u8; 24];
+    let digits = sys::itoa(fd as u64, &mut nb);
+    let pre = b"/proc/self/";
+    let k = pre.len() + kind.len();
+    path[..pre.len()].copy_from_slice(pre);
+    path[pre.len()..k].copy_from_slice(kind);
+    path[k..k + digits.len()].copy_from_slice(digits);
+    path
 }
 
 /// Copies `src` (NUL-terminated path) into `files_fd/name` (NUL-terminated): a reflink
