@@ -174,31 +174,24 @@ impl Proc {
         pred: impl Fn(&str) -> bool,
     ) -> Result<(usize, String)> {
         let deadline = Instant::now() + timeout;
+        let find = |lines: &[String]| {
+            lines
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, l)| pred(l))
+                .map(|(i, l)| (i, l.clone()))
+        };
         loop {
-            {
-                let cap = lock(&self.cap);
-                if let Some((i, l)) = cap
-                    .lines
-                    .iter()
-                    .enumerate()
-                    .skip(from)
-                    .find(|(_, l)| pred(l))
-                {
-                    return Ok((i, l.clone()));
-                }
+            if let Some(found) = find(&lock(&self.cap).lines) {
+                return Ok(found);
             }
             if let Some(st) = self.poll_exit()? {
                 // Give the readers a moment to drain the pipe.
                 thread::sleep(Duration::from_millis(100));
                 let cap = lock(&self.cap);
-                if let Some((i, l)) = cap
-                    .lines
-                    .iter()
-                    .enumerate()
-                    .skip(from)
-                    .find(|(_, l)| pred(l))
-                {
-                    return Ok((i, l.clone()));
+                if let Some(found) = find(&cap.lines) {
+                    return Ok(found);
                 }
                 bail!(
                     "{} ended ({}) before the expected line\n--- stdout ---\n{}\n--- stderr ---\n{}",
