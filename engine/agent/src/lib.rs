@@ -8,6 +8,7 @@ mod fds;
 mod identity;
 mod joboutput;
 mod manager;
+mod parent;
 mod park;
 mod prescan;
 mod sigwrap;

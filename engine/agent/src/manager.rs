@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::SeqCst};
 
 use torpor_engine::records::RestoreInfo;
-use torpor_image::store::{Manifest, Pending, Store};
+use torpor_image::store::{Pending, Store};
 
 use crate::fds::{copy_path, for_each_num, snapshot_fds, snapshot_locks, FDS};
 use crate::park::{self, MAX_THREADS, PARKED, RELEASE, RESUMED, SLOT, THREADS};
 use crate::prescan::{scan_shared_maps, scan_timers, snapshot_timers, unsupported_state};
 use crate::writer::{child_main, ChildArgs, Parent, CHILD_ARGS, DURABLE};
-use crate::{dirty, sys, tree};
+use crate::{dirty, parent, sys, tree};
 
 /// How long to wait for threads to park before giving up on a checkpoint.
 const STOP_TIMEOUT_NS: u64 = 10_000_000_000;
@@ -67,10 +67,6 @@ pub static MANAGER_TID: AtomicI32 = AtomicI32::new(0);
 /// The agent's writable segments (.data/.bss), found at start.
 pub static WSEG_START: AtomicU64 = AtomicU64::new(0);
 pub static WSEG_END: AtomicU64 = AtomicU64::new(0);
-/// The generation the next incremental image builds on (`u64::MAX`: none, the next
-/// generation is full), and how many incremental generations followed the last full one.
-static PARENT_GEN: AtomicU64 = AtomicU64::new(u64::MAX);
-static SINCE_FULL: AtomicU32 = AtomicU32::new(0);
 /// Set after a restore into a fresh pid namespace.
 pub(crate) static IN_PIDNS: AtomicU32 = AtomicU32::new(0);
 
@@ -234,7 +230,7 @@ fn finish_restore(nthreads: usize) {
         // The write tracking of the original process is gone: the first checkpoint after
         // a restore is full.
         dirty::reset();
-        PARENT_GEN.store(u64::MAX, SeqCst);
+        parent::forget();
         // The image may have been taken on SIGTERM; this run has not been asked to stop.
         TERMINATING.store(false, SeqCst);
         if ri.attempt_plus1 > 0 {
@@ -375,26 +371,6 @@ impl Role<'_> {
     }
 }
 
-/// The parent of an incremental image for this round, if it may be one.
-fn incremental_parent(cfg: &Config, store: &Store) -> Option<Parent> {
-    let generation = PARENT_GEN.load(SeqCst);
-    if generation == u64::MAX || SINCE_FULL.load(SeqCst) + 1 >= cfg.full_every {
-        return None;
-    }
-    let dir = store.gen_dir(generation);
-    let path = dir.join("manifest.json");
-    let m = Manifest::parse(&std::fs::read(&path).ok()?, &path).ok()?;
-    let me = m.processes.first().filter(|p| p.pid == sys::getpid())?;
-    Some(Parent {
-        link: torpor_image::meta::ParentRef {
-            generation,
-            manifest_checksum: m.checksum.clone()?,
-            image: me.image.clone(),
-        },
-        image: dir.join(&me.image),
-    })
-}
-
 /// The calling thread's stack (the manager's), as the thread library knows it; the
 /// pages around the current stack pointer if it cannot tell.
 fn own_stack() -> (u64, u64) {
@@ -429,7 +405,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
     // starts a new interval); only a single process's image may be incremental.
     let track = cfg.full_every > 1 && dirty::prepare();
     let parent = if track && matches!(role, Role::Single) {
-        incremental_parent(cfg, store)
+        parent::incremental_parent(cfg, store)
     } else {
         None
     };
@@ -723,7 +699,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
     };
     match result {
         Ok(()) if matches!(role, Role::Member(_)) => {
-            PARENT_GEN.store(u64::MAX, SeqCst);
+            parent::forget();
             Outcome::Committed {
                 generation,
                 path: pending.path().to_path_buf(),
@@ -732,19 +708,15 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
             }
         }
         Err(e) if matches!(role, Role::Member(_)) => {
-            PARENT_GEN.store(u64::MAX, SeqCst);
+            parent::forget();
             Outcome::Failed(e)
         }
         Ok(()) => {
             if track && matches!(role, Role::Single) {
                 // The next image builds on this one.
-                match store.parent_of(generation) {
-                    Some(_) => SINCE_FULL.fetch_add(1, SeqCst),
-                    None => SINCE_FULL.swap(0, SeqCst),
-                };
-                PARENT_GEN.store(generation, SeqCst);
+                parent::committed(store, generation);
             } else {
-                PARENT_GEN.store(u64::MAX, SeqCst);
+                parent::forget();
             }
             // A single process's writer committed the generation itself: it was durable
             // when the writer said so (a tree's root commits here, just now).
@@ -761,7 +733,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
             }
         }
         Err(e) => {
-            PARENT_GEN.store(u64::MAX, SeqCst);
+            parent::forget();
             role.abort();
             pending.abort();
             Outcome::Failed(e)
