@@ -17,9 +17,17 @@ fn encoding(m: &ProcessMeta) -> serde_json::Value {
             "stored_bytes": it.map(|x| x.stored_len).sum::<u64>(),
         })
     };
+    let gathered = m.chunks.iter().filter(|x| !x.runs.is_empty());
     serde_json::json!({
         "raw": per(Codec::Raw),
         "lz4": per(Codec::Lz4),
+        // Chunks that gather small page runs of several places (format 3.1).
+        "gathered": {
+            "chunks": gathered.clone().count(),
+            "runs": gathered.clone().map(|x| x.runs.len()).sum::<usize>(),
+            "page_bytes": gathered.clone().map(|x| x.len).sum::<u64>(),
+            "stored_bytes": gathered.map(|x| x.stored_len).sum::<u64>(),
+        },
         "page_bytes": m.chunks.iter().map(|x| x.len).sum::<u64>(),
         "stored_bytes": m.chunks.iter().map(|x| x.stored_len).sum::<u64>(),
         "pages_zero": m.pages_zero(),
@@ -119,12 +127,14 @@ pub fn inspect(path: &Path, json: bool) -> Result<i32> {
     );
     let e = encoding(m);
     println!(
-        "encoding   raw: {} chunks, {} bytes; lz4: {} chunks, {} bytes of pages in {} bytes",
+        "encoding   raw: {} chunks, {} bytes; lz4: {} chunks, {} bytes of pages in {} bytes; {} gathered chunks of {} runs",
         e["raw"]["chunks"],
         e["raw"]["stored_bytes"],
         e["lz4"]["chunks"],
         e["lz4"]["page_bytes"],
-        e["lz4"]["stored_bytes"]
+        e["lz4"]["stored_bytes"],
+        e["gathered"]["chunks"],
+        e["gathered"]["runs"]
     );
     println!("threads    {}", m.threads.len());
     for t in &m.threads {

@@ -487,16 +487,15 @@ fn scan() {
     NDIRTY.store(nd, SeqCst);
 }
 
-/// The agent's own scratch mappings (never tracked).
+/// The agent's own scratch mappings (never tracked; their contents are not needed after
+/// a restore, so images do not hold them). `(0, 0)` for one not mapped yet.
 pub fn own_ranges() -> [(u64, u64); 2] {
     let d = DIRTY.load(SeqCst) as u64;
     let m = MAPS.load(SeqCst) as u64;
+    let range = |a: u64, len: usize| if a == 0 { (0, 0) } else { (a, a + len as u64) };
     [
-        (
-            d,
-            d + (MAX_DIRTY * std::mem::size_of::<PageRegion>()) as u64,
-        ),
-        (m, m + MAPS_LEN as u64),
+        range(d, MAX_DIRTY * std::mem::size_of::<PageRegion>()),
+        range(m, MAPS_LEN),
     ]
 }
 

@@ -139,6 +139,7 @@ fn child_write(a: &ChildArgs, ws: u64, we: u64) -> Result<(), String> {
         itimers: a.itimers,
         restore_info_addr: ri,
         skip: &alloc::is_child_region,
+        scratch: &crate::dirty::own_ranges(),
         patch,
         generation: pending.generation(),
         attempt: a.attempt,

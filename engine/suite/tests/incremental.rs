@@ -208,7 +208,7 @@ fn chain(runner: RunAs, label: &str) -> Result<()> {
         .chunks
         .iter()
         .max_by_key(|c| c.stored_len)
-        .copied()
+        .cloned()
         .context("generation 3 has no chunk")?;
     let f = std::fs::OpenOptions::new()
         .read(true)

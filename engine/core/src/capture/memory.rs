@@ -119,6 +119,14 @@ pub(super) struct PageSink<'a> {
     word_block: Vec<u8>,
     /// What `scan_pages` found for each page of the current window.
     scan: Vec<u64>,
+    /// Whether runs of the current region may be gathered (not shared memory).
+    gather_ok: bool,
+    /// Small runs gathered into one chunk: their pages, their ranges, and the word each
+    /// page repeats while every gathered page does one.
+    gather: Vec<u8>,
+    gather_runs: Vec<[u64; 2]>,
+    gather_words: Vec<u64>,
+    gather_words_ok: bool,
 }
 
 /// Pages classified at a time (8 MiB: two chunks).
@@ -128,6 +136,12 @@ const SCAN_SPLIT_MIN: u64 = 64;
 
 /// Largest LZ4 block of a run of word pages (27 bytes a page, 13 at the end).
 const WORD_BLOCK_MAX: usize = (MAX_CHUNK as usize / PAGE_SIZE as usize) * 28 + 32;
+/// Runs shorter than this are not stored as chunks of their own but gathered with other
+/// small runs (of any private region) into chunks of up to `MAX_CHUNK`, which are
+/// compressed as a whole: isolated written pages of an incremental image would
+/// otherwise each be a raw chunk (too small to compress) with its own metadata.
+const GATHER_BELOW: u64 = 64 << 10;
+
 /// Word runs shorter than this are stored like any other run (the writer's rule: under
 /// 16 KiB, raw).
 const WORD_RUN_MIN: u64 = 16 << 10;
@@ -135,18 +149,15 @@ const WORD_RUN_MIN: u64 = 16 << 10;
 impl PageSink<'_> {
     /// Bytes of the page at `addr` as they were at the pause.
     fn page(&self, addr: u64) -> &[u8] {
-        if let Some((pa, pb)) = self.patch {
-            if addr >= pa && addr + PAGE_SIZE <= pa + pb.len() as u64 {
-                let o = (addr - pa) as usize;
-                return &pb[o..o + PAGE_SIZE as usize];
-            }
-        }
-        mem(addr, PAGE_SIZE)
+        page_of(self.patch, addr)
     }
 
     pub(super) fn flush(&mut self) -> Result<(), CaptureError> {
         if self.run_len == 0 {
             return Ok(());
+        }
+        if self.gather_ok && self.run_len < GATHER_BELOW {
+            return self.gather_run();
         }
         let (vs, ve) = self.volatile;
         let patched = self.patch.is_some_and(|(pa, pb)| {
@@ -207,6 +218,53 @@ impl PageSink<'_> {
             };
             self.started = written;
         }
+        Ok(())
+    }
+
+    /// Adds the current run to the gathered chunk (copied: the pages as they were at the
+    /// pause), storing that first if the run does not fit.
+    fn gather_run(&mut self) -> Result<(), CaptureError> {
+        let (rs, rl) = (self.run_start, self.run_len);
+        if self.gather.len() as u64 + rl > MAX_CHUNK {
+            self.flush_gathered()?;
+        }
+        let mut a = rs;
+        while a < rs + rl {
+            // Within capacity (MAX_CHUNK, reserved at start): no allocation.
+            self.gather.extend_from_slice(page_of(self.patch, a));
+            a += PAGE_SIZE;
+        }
+        // Never merged with the previous run: adjacent runs are in different regions
+        // (within a region, runs end at a page not saved), and a run lies in one region.
+        self.gather_runs.push([rs, rs + rl]);
+        if self.words_ok && self.gather_words_ok {
+            self.gather_words.extend_from_slice(&self.words);
+        } else {
+            self.gather_words_ok = false;
+        }
+        self.run_len = 0;
+        Ok(())
+    }
+
+    /// Stores the gathered runs as one chunk (LZ4 when that pays, else raw).
+    fn flush_gathered(&mut self) -> Result<(), CaptureError> {
+        if self.gather_runs.is_empty() {
+            return Ok(());
+        }
+        let len = self.gather.len() as u64;
+        let enc = if !self.w.compressing() {
+            None
+        } else if self.gather_words_ok && len >= WORD_RUN_MIN {
+            word_block(&self.gather_words, &mut self.word_block)
+        } else {
+            self.mine.encode(&self.gather)
+        };
+        self.w
+            .add_gathered(self.gather_runs[0][0], &self.gather_runs, &self.gather, enc)?;
+        self.gather.clear();
+        self.gather_runs.clear();
+        self.gather_words.clear();
+        self.gather_words_ok = true;
         Ok(())
     }
 
@@ -302,6 +360,18 @@ impl PageSink<'_> {
     }
 }
 
+/// Bytes of the page at `addr` as they were at the pause: from `patch` where it covers
+/// the page, else from memory.
+fn page_of<'b>(patch: Option<(u64, &'b [u8])>, addr: u64) -> &'b [u8] {
+    if let Some((pa, pb)) = patch {
+        if addr >= pa && addr + PAGE_SIZE <= pa + pb.len() as u64 {
+            let o = (addr - pa) as usize;
+            return &pb[o..o + PAGE_SIZE as usize];
+        }
+    }
+    mem(addr, PAGE_SIZE)
+}
+
 /// The LZ4 block of a run of word pages, if it pays (it always does for 16 KiB or more).
 fn word_block<'b>(words: &[u64], out: &'b mut [u8]) -> Option<&'b [u8]> {
     let n = crate::lz4::encode_word_pages(words, out)?;
@@ -362,11 +432,17 @@ impl PageSink<'_> {
             words_ok: false,
             word_block: vec![0; WORD_BLOCK_MAX],
             scan: Vec::with_capacity(SCAN_WINDOW as usize),
+            gather_ok: false,
+            gather: Vec::with_capacity(MAX_CHUNK as usize),
+            gather_runs: Vec::with_capacity((MAX_CHUNK / PAGE_SIZE) as usize),
+            gather_words: Vec::with_capacity((MAX_CHUNK / PAGE_SIZE) as usize),
+            gather_words_ok: true,
         })
     }
 
     /// Stores what is still queued, stops the helper, and hands back the writer.
     pub(super) fn into_writer(mut self) -> Result<(ImageWriter, u64), CaptureError> {
+        self.flush_gathered()?;
         self.drain()?;
         drop(self.helper.take());
         Ok((self.w, self.pages))
@@ -537,7 +613,24 @@ pub(super) fn capture_regions(
                     ]);
                 }
             }
-            let want = |i: usize, e: u64| auth.as_ref().is_none_or(|a| a[i]) && want(e);
+            // The agent's scratch buffers: nothing of them is saved (zeros at restore).
+            let scratch: Vec<(usize, usize)> = inp
+                .scratch
+                .iter()
+                .filter(|&&(a, b)| a < v.end && v.start < b)
+                .map(|&(a, b)| {
+                    let (a, b) = (a.max(v.start), b.min(v.end));
+                    (
+                        ((a - v.start) / PAGE_SIZE) as usize,
+                        (b - v.start).div_ceil(PAGE_SIZE) as usize,
+                    )
+                })
+                .collect();
+            let want = |i: usize, e: u64| {
+                auth.as_ref().is_none_or(|a| a[i])
+                    && want(e)
+                    && !scratch.iter().any(|&(a, b)| a <= i && i < b)
+            };
             if pm.iter().enumerate().any(|(i, &e)| want(i, e)) {
                 if !v.read {
                     // SAFETY: changes protection of our own (the writer's) copy only.
@@ -552,6 +645,7 @@ pub(super) fn capture_regions(
                 // A zero page of a private file mapping must be stored: the restore maps
                 // the file, so a skipped page would show the file's bytes, not zeros.
                 let skip_zero = kind != RegionKind::FilePrivate;
+                sink.gather_ok = kind != RegionKind::SharedAnon;
                 let mut i = 0;
                 while i < pm.len() {
                     if !want(i, pm[i]) {

@@ -72,6 +72,10 @@ pub struct CaptureInput<'a> {
     pub restore_info_addr: u64,
     /// Address ranges created by the writer itself, never part of the image.
     pub skip: &'a dyn Fn(u64, u64) -> bool,
+    /// Address ranges of the agent's own scratch buffers (dirty-page scan results, the
+    /// maps buffer), whose contents a restored agent never reads: their pages are not
+    /// saved and come back as zeros.
+    pub scratch: &'a [(u64, u64)],
     /// Pre-fork copy of the agent's writable data (address, bytes): the writer changes
     /// those pages while it works, the image must hold them as they were at the pause.
     pub patch: Option<(u64, &'a [u8])>,

@@ -183,12 +183,48 @@ fn pieces(r: &Region, metas: &[&ProcessMeta]) -> Result<Vec<(usize, u64, u64)>, 
     Ok(out)
 }
 
-/// Appends the extents of region `r`, sorted by address: each page from the newest image
-/// of `all` that describes it (`sorted[k]` are `all[k]`'s chunks sorted by address).
+/// A contiguous piece of a chunk: `len` bytes at `vaddr`, which are the decoded bytes of
+/// `chunk` from `skip` on (a chunk is one piece, a gathered chunk one per run).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Piece {
+    vaddr: u64,
+    len: u64,
+    skip: u64,
+    offset: u64,
+    stored_len: u64,
+    dec_len: u64,
+    codec: Codec,
+}
+
+/// The pieces of `chunks`, sorted by address.
+pub(super) fn pieces_of(chunks: &[Chunk]) -> Vec<Piece> {
+    let mut out: Vec<Piece> = chunks
+        .iter()
+        .flat_map(|c| {
+            c.pieces().into_iter().map(|(vaddr, len, skip)| Piece {
+                vaddr,
+                len,
+                skip,
+                offset: c.offset,
+                stored_len: c.stored_len,
+                dec_len: c.len,
+                codec: c.codec,
+            })
+        })
+        .collect();
+    out.sort_by_key(|p| p.vaddr);
+    out
+}
+
+/// Appends the extents of region `r`: each page from the newest image of `all` that
+/// describes it (`sorted[k]` are the pieces of `all[k]`'s chunks, [`pieces_of`]). The
+/// extents are sorted by address, except that the parts of a compressed chunk used only
+/// in part come last, grouped by chunk: stage 2 then decodes each such chunk once
+/// (`fill.rs`), however its parts interleave with other images' pages.
 pub(super) fn resolve(
     r: &Region,
     all: &[(&ProcessMeta, i32)],
-    sorted: &[Vec<Chunk>],
+    sorted: &[Vec<Piece>],
     out: &mut Vec<PlanExtent>,
 ) {
     let metas: Vec<&ProcessMeta> = all.iter().map(|(m, _)| *m).collect();
@@ -206,11 +242,12 @@ pub(super) fn resolve(
             if s >= e {
                 continue;
             }
+            let skip = c.skip + (s - c.vaddr);
             out.push(match c.codec {
                 Codec::Raw => PlanExtent {
                     vaddr: s,
                     len: e - s,
-                    file_off: c.offset + (s - c.vaddr),
+                    file_off: c.offset + skip,
                     stored_len: e - s,
                     codec: CODEC_RAW,
                     fd,
@@ -224,13 +261,20 @@ pub(super) fn resolve(
                     stored_len: c.stored_len,
                     codec: CODEC_LZ4,
                     fd,
-                    skip: s - c.vaddr,
-                    dec_len: c.len,
+                    skip,
+                    dec_len: c.dec_len,
                 },
             });
         }
     }
-    out[first..].sort_by_key(|e| e.vaddr);
+    out[first..].sort_by_key(|e| {
+        let partial = e.codec != CODEC_RAW && (e.skip != 0 || e.dec_len != e.len);
+        if partial {
+            (1, e.fd, e.file_off, e.vaddr)
+        } else {
+            (0, 0, 0, e.vaddr)
+        }
+    });
 }
 
 #[cfg(test)]
@@ -264,6 +308,7 @@ mod tests {
             stored_len: if codec == Codec::Raw { len } else { 100 },
             codec,
             checksum: 0,
+            runs: vec![],
         }
     }
 
@@ -291,7 +336,7 @@ mod tests {
             ..Default::default()
         };
         let all = [(&inc, 7), (&base, 8)];
-        let sorted: Vec<Vec<Chunk>> = all.iter().map(|(m, _)| m.chunks.clone()).collect();
+        let sorted: Vec<Vec<Piece>> = all.iter().map(|(m, _)| pieces_of(&m.chunks)).collect();
         let mut out = Vec::new();
         resolve(&inc.regions[0], &all, &sorted, &mut out);
         let got: Vec<(u64, u64, i64, u64, u64, u64)> = out
@@ -306,6 +351,67 @@ mod tests {
                 (0x12000, 0x2000, 8, 4096 + 0x2000, 0, 0x2000),
                 (0x14000, 0x1000, 8, 0x5000, 0, 0xc000),
                 (0x16000, 0xa000, 8, 0x5000, 0x2000, 0xc000),
+            ]
+        );
+    }
+
+    /// A gathered chunk fills its runs from its decoded bytes in order (raw: split
+    /// exactly; LZ4: one chunk decoded, its parts grouped after the other extents so
+    /// that stage 2 decodes it once).
+    #[test]
+    fn gathered_chunks_fill_their_runs() {
+        let base = ProcessMeta {
+            regions: vec![region(0x10000, 0x20000, false, vec![])],
+            chunks: vec![chunk(0x10000, 0x10000, 0x100000, Codec::Lz4)],
+            ..Default::default()
+        };
+        let written = vec![[0x11000, 0x12000], [0x14000, 0x16000], [0x18000, 0x19000]];
+        let mut g = chunk(0x11000, 0x4000, 4096, Codec::Lz4);
+        g.runs = written.clone();
+        let inc = ProcessMeta {
+            regions: vec![region(0x10000, 0x20000, true, written.clone())],
+            chunks: vec![g],
+            parent: Some(ParentRef::default()),
+            ..Default::default()
+        };
+        let all = [(&inc, 7), (&base, 8)];
+        let sorted: Vec<Vec<Piece>> = all.iter().map(|(m, _)| pieces_of(&m.chunks)).collect();
+        let mut out = Vec::new();
+        resolve(&inc.regions[0], &all, &sorted, &mut out);
+        let got: Vec<(u64, u64, i64, u64, u64)> = out
+            .iter()
+            .map(|e| (e.vaddr, e.len, e.fd, e.file_off, e.skip))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0x11000, 0x1000, 7, 4096, 0),
+                (0x14000, 0x2000, 7, 4096, 0x1000),
+                (0x18000, 0x1000, 7, 4096, 0x3000),
+                (0x10000, 0x1000, 8, 0x100000, 0),
+                (0x12000, 0x2000, 8, 0x100000, 0x2000),
+                (0x16000, 0x2000, 8, 0x100000, 0x6000),
+                (0x19000, 0x7000, 8, 0x100000, 0x9000),
+            ]
+        );
+        let mut inc = inc;
+        inc.chunks[0].codec = Codec::Raw;
+        inc.chunks[0].stored_len = 0x4000;
+        let all = [(&inc, 7), (&base, 8)];
+        let sorted: Vec<Vec<Piece>> = all.iter().map(|(m, _)| pieces_of(&m.chunks)).collect();
+        let mut out = Vec::new();
+        resolve(&inc.regions[0], &all, &sorted, &mut out);
+        let raw: Vec<(u64, u64, u64)> = out
+            .iter()
+            .filter(|e| e.fd == 7)
+            .map(|e| (e.vaddr, e.len, e.file_off))
+            .collect();
+        assert_eq!(
+            raw,
+            vec![
+                (0x11000, 0x1000, 4096),
+                (0x14000, 0x2000, 4096 + 0x1000),
+                (0x18000, 0x1000, 4096 + 0x3000)
             ]
         );
     }

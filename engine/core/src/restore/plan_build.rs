@@ -75,13 +75,9 @@ pub fn build_plan_chain(
     let mut strings = vec![0u8];
     let mut regions = Vec::new();
     let mut extents = Vec::new();
-    let sorted: Vec<Vec<Chunk>> = all
+    let sorted: Vec<Vec<super::chain::Piece>> = all
         .iter()
-        .map(|(m, _)| {
-            let mut c = m.chunks.clone();
-            c.sort_by_key(|c| c.vaddr);
-            c
-        })
+        .map(|(m, _)| super::chain::pieces_of(&m.chunks))
         .collect();
     for r in &meta.regions {
         let first = extents.len() as u64;

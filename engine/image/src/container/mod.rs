@@ -307,13 +307,14 @@ mod tests {
             stored_len: 4096,
             codec: Codec::Raw,
             checksum: 0,
+            runs: vec![],
         };
         let good = || {
             let mut m = sample();
             m.parent = Some(ParentRef::default());
             m.regions[0].inherit = true;
             m.regions[0].written = vec![[0x11000, 0x12000], [0x13000, 0x14000]];
-            m.chunks = vec![chunk];
+            m.chunks = vec![chunk.clone()];
             m
         };
         assert_eq!(validate_meta(&good(), 8192), Ok(()));
@@ -339,6 +340,110 @@ mod tests {
             validate_meta(&m, 8192).is_err(),
             "chunk outside the written pages"
         );
+    }
+
+    /// Gathered chunks (3.1): runs sorted, disjoint, page aligned, adding up to `len`,
+    /// each inside one private region (and its written pages when it inherits).
+    #[test]
+    fn gathered_chunks_are_validated() {
+        let good = || {
+            let mut m = sample();
+            m.parent = Some(ParentRef::default());
+            m.regions[0].inherit = true;
+            m.regions[0].written = vec![[0x11000, 0x12000], [0x13000, 0x14000]];
+            m.chunks = vec![Chunk {
+                vaddr: 0x11000,
+                len: 8192,
+                offset: 4096,
+                stored_len: 100,
+                codec: Codec::Lz4,
+                checksum: 0,
+                runs: vec![[0x11000, 0x12000], [0x13000, 0x14000]],
+            }];
+            m
+        };
+        assert_eq!(validate_meta(&good(), 8192), Ok(()));
+        for bad in [
+            vec![[0x11000, 0x12000]],
+            vec![[0x13000, 0x14000], [0x11000, 0x12000]],
+            vec![[0x11000, 0x13000]],
+            vec![[0x11000, 0x11800], [0x13000, 0x13800]],
+            vec![[0x11000, 0x12000], [0x11000, 0x12000]],
+            vec![[0x11000, 0x12000], [0x14000, 0x15000]],
+        ] {
+            let mut m = good();
+            m.chunks[0].runs = bad.clone();
+            assert!(validate_meta(&m, 8192).is_err(), "{bad:x?}");
+        }
+        let mut m = good();
+        m.chunks[0].vaddr = 0x13000;
+        assert!(
+            validate_meta(&m, 8192).is_err(),
+            "vaddr is not the first run"
+        );
+        let mut m = good();
+        m.regions[0].kind = RegionKind::SharedAnon;
+        m.regions[0].inherit = false;
+        m.regions[0].written.clear();
+        assert!(validate_meta(&m, 8192).is_err(), "shared memory gathered");
+    }
+
+    /// The JSON of 3.1: page runs as one flat list of page counts, a gathered chunk
+    /// without `vaddr`; 3.0's `[[start, end]]` is still read, and a 3.0 reader (which
+    /// needs `vaddr` and pairs) refuses what it would misread.
+    #[test]
+    fn page_runs_json() {
+        let mut r = sample().regions[0].clone();
+        r.inherit = true;
+        r.written = vec![[0x11000, 0x12000], [0x13000, 0x15000]];
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["written"], serde_json::json!([0x11, 1, 1, 2]));
+        let back: Region = serde_json::from_value(j.clone()).unwrap();
+        assert_eq!(back.written, r.written);
+        let mut old = j.clone();
+        old["written"] = serde_json::json!([[0x11000, 0x12000], [0x13000, 0x15000]]);
+        let back: Region = serde_json::from_value(old).unwrap();
+        assert_eq!(back.written, r.written);
+        for bad in [
+            serde_json::json!([1, 2, 3]),
+            serde_json::json!([[0x11000, 0x12000], 1, 1]),
+            serde_json::json!([u64::MAX, 1]),
+        ] {
+            let mut b = j.clone();
+            b["written"] = bad.clone();
+            assert!(serde_json::from_value::<Region>(b).is_err(), "{bad}");
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct OldRegion {
+            #[serde(default)]
+            written: Vec<[u64; 2]>,
+        }
+        assert!(serde_json::from_value::<OldRegion>(j).is_err());
+
+        let c = Chunk {
+            vaddr: 0x11000,
+            len: 3 * 4096,
+            offset: 4096,
+            stored_len: 100,
+            codec: Codec::Lz4,
+            checksum: 7,
+            runs: vec![[0x11000, 0x12000], [0x13000, 0x15000]],
+        };
+        let j = serde_json::to_value(&c).unwrap();
+        assert!(j.get("vaddr").is_none());
+        assert_eq!(serde_json::from_value::<Chunk>(j.clone()).unwrap(), c);
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct OldChunk {
+            vaddr: u64,
+        }
+        assert!(serde_json::from_value::<OldChunk>(j).is_err());
+        let plain = Chunk { runs: vec![], ..c };
+        let j = serde_json::to_value(&plain).unwrap();
+        assert_eq!(j["vaddr"], 0x11000);
+        assert!(j.get("runs").is_none());
+        assert_eq!(serde_json::from_value::<Chunk>(j).unwrap(), plain);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Image container, validation: structural checks on the metadata of an image before
 //! anything in it is trusted or mapped.
 
-use super::{HEADER_LEN, MAX_FDS, MAX_REGIONS, MAX_THREADS, USER_SPACE_END};
-use crate::meta::{Codec, ProcessMeta};
+use super::{HEADER_LEN, MAX_COMPRESSED_CHUNK, MAX_FDS, MAX_REGIONS, MAX_THREADS, USER_SPACE_END};
+use crate::meta::{Codec, ProcessMeta, RegionKind};
 use crate::PAGE_SIZE;
 
 /// Structural checks on metadata, before anything is trusted or mapped: `ImageReader`
@@ -60,19 +60,28 @@ pub(super) fn validate(m: &ProcessMeta, data_end: u64) -> Result<(), String> {
         prev_end = r.end;
     }
     for c in &m.chunks {
-        let end = c.vaddr.saturating_add(c.len);
-        let inside = m.regions.iter().any(|r| r.start <= c.vaddr && end <= r.end);
         let stored_end = c.offset.saturating_add(c.stored_len);
-        // In an inheriting region, chunks hold written pages only.
-        let in_written = |r: &crate::meta::Region| {
-            !r.inherit || r.written.iter().any(|&[a, b]| a <= c.vaddr && end <= b)
+        let pieces_ok = if c.runs.is_empty() {
+            covered(m, c.vaddr, c.vaddr.saturating_add(c.len), false)
+        } else {
+            // Gathered: sorted, disjoint page runs adding up to `len`, each inside one
+            // private region (a shared mapping's pages are never gathered).
+            let mut prev = 0u64;
+            let mut sum = 0u64;
+            let mut ok = c.vaddr == c.runs[0][0] && c.runs.len() <= MAX_RUNS;
+            for &[a, b] in &c.runs {
+                ok = ok
+                    && a % PAGE_SIZE == 0
+                    && b % PAGE_SIZE == 0
+                    && a < b
+                    && a >= prev
+                    && covered(m, a, b, true);
+                prev = b;
+                sum = sum.saturating_add(b.saturating_sub(a));
+            }
+            ok && sum == c.len
         };
-        let inside = inside
-            && m.regions
-                .iter()
-                .filter(|r| r.start <= c.vaddr && end <= r.end)
-                .all(in_written);
-        if !inside
+        if !pieces_ok
             || c.len % PAGE_SIZE != 0
             || c.len == 0
             || c.offset < HEADER_LEN
@@ -128,6 +137,30 @@ pub(super) fn validate(m: &ProcessMeta, data_end: u64) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Whether the pages `[a, b)` lie inside one region of `m` (regions are sorted and
+/// disjoint, checked before) and, for an inheriting region, inside one of its `written`
+/// ranges; with `private`, the region must not be shared memory.
+fn covered(m: &ProcessMeta, a: u64, b: u64, private: bool) -> bool {
+    let i = m.regions.partition_point(|r| r.end <= a);
+    let Some(r) = m.regions.get(i) else {
+        return false;
+    };
+    if !(r.start <= a && b <= r.end) {
+        return false;
+    }
+    if private && matches!(r.kind, RegionKind::SharedAnon | RegionKind::FileShared) {
+        return false;
+    }
+    if !r.inherit {
+        return true;
+    }
+    let j = r.written.partition_point(|w| w[1] <= a);
+    r.written.get(j).is_some_and(|w| w[0] <= a && b <= w[1])
+}
+
+/// Most page runs in one gathered chunk (one per page of the largest chunk).
+const MAX_RUNS: usize = MAX_COMPRESSED_CHUNK / PAGE_SIZE as usize;
 
 /// Upper bound on auxiliary vector entries (the kernel writes about 20).
 const MAX_AUXV: usize = 256;

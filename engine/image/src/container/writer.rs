@@ -90,6 +90,8 @@ pub struct WriteStats {
     pub data_bytes: u64,
     pub raw_chunks: u64,
     pub lz4_chunks: u64,
+    /// Chunks that gather pages of several places (counted in the two above too).
+    pub gathered_chunks: u64,
 }
 
 impl ImageWriter {
@@ -146,8 +148,26 @@ impl ImageWriter {
         data: &[u8],
         encoded: Option<&[u8]>,
     ) -> Result<(), ImageError> {
+        self.add_gathered(vaddr, &[], data, encoded)
+    }
+
+    /// Appends a gathered chunk: `data` holds the pages of the sorted, disjoint page
+    /// ranges `runs` one after the other (or, with `runs` empty, the pages from `vaddr`
+    /// on); `encoded` as for [`ImageWriter::add_encoded`].
+    pub fn add_gathered(
+        &mut self,
+        vaddr: u64,
+        runs: &[[u64; 2]],
+        data: &[u8],
+        encoded: Option<&[u8]>,
+    ) -> Result<(), ImageError> {
+        let (vaddr, runs) = match runs {
+            [] | [_] => (runs.first().map_or(vaddr, |r| r[0]), Vec::new()),
+            _ => (runs[0][0], runs.to_vec()),
+        };
         debug_assert!((data.len() as u64).is_multiple_of(PAGE_SIZE));
         self.stats.page_bytes += data.len() as u64;
+        self.stats.gathered_chunks += !runs.is_empty() as u64;
         let start = self.pos;
         if let Some(c) = encoded {
             self.chunks.push(Chunk {
@@ -157,6 +177,7 @@ impl ImageWriter {
                 stored_len: c.len() as u64,
                 codec: Codec::Lz4,
                 checksum: xxh3_64(c),
+                runs,
             });
             self.pending.extend_from_slice(c);
             self.pos += c.len() as u64;
@@ -181,6 +202,7 @@ impl ImageWriter {
                 stored_len: data.len() as u64,
                 codec: Codec::Raw,
                 checksum: xxh3_64(data),
+                runs,
             });
             self.pos += data.len() as u64;
             self.stats.raw_chunks += 1;
