@@ -29,6 +29,7 @@ const PROGS: &[&str] = &[
     "fault_target",
     "grow",
     "incr_mem",
+    "incr_sparse",
     "tree_pipes",
     "tree_shm",
     "tree_socketpair",
