@@ -362,7 +362,7 @@ impl PageSink<'_> {
 
 /// Bytes of the page at `addr` as they were at the pause: from `patch` where it covers
 /// the page, else from memory.
-fn page_of<'b>(patch: Option<(u64, &'b [u8])>, addr: u64) -> &'b [u8] {
+fn page_of(patch: Option<(u64, &[u8])>, addr: u64) -> &[u8] {
     if let Some((pa, pb)) = patch {
         if addr >= pa && addr + PAGE_SIZE <= pa + pb.len() as u64 {
             let o = (addr - pa) as usize;
