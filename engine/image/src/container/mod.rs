@@ -342,6 +342,50 @@ mod tests {
         );
     }
 
+    /// A gathered chunk written by `ImageWriter::add_gathered` reads back (checksum,
+    /// decoding) with its runs, compressed or raw.
+    #[test]
+    fn gathered_chunk_round_trip() {
+        let d = tmp("gather");
+        let p = d.join("g.img");
+        let mut w = ImageWriter::new(File::create(&p).unwrap(), &p).unwrap();
+        let runs = [[0x10000u64, 0x11000], [0x12000, 0x14000]];
+        let words: Vec<u8> = (0..3 * 4096).map(|i| (i / 4096 + 1) as u8).collect();
+        w.add_gathered(0, &runs, &words, None).unwrap();
+        let mut c = Compressor::new();
+        let long: Vec<u8> = (0..16 * 4096).map(|i| (i / 4096) as u8).collect();
+        let enc = c.encode(&long).map(|e| e.to_vec());
+        assert!(enc.is_some());
+        let runs2 = [[0x20000u64, 0x28000], [0x30000, 0x38000]];
+        w.add_gathered(0, &runs2, &long, enc.as_deref()).unwrap();
+        assert_eq!(w.stats().gathered_chunks, 2);
+        let mut m = sample();
+        m.regions.push(Region {
+            start: 0x20000,
+            end: 0x40000,
+            ..m.regions[0].clone()
+        });
+        w.finish(&mut m).unwrap();
+        let r = ImageReader::open(&p).unwrap();
+        r.verify_chunks().unwrap();
+        let cs = &r.meta().chunks;
+        assert_eq!(
+            (cs[0].vaddr, &cs[0].runs[..], cs[0].codec),
+            (0x10000, &runs[..], Codec::Raw)
+        );
+        assert_eq!((cs[1].vaddr, &cs[1].runs[..]), (0x20000, &runs2[..]));
+        assert_eq!(cs[1].codec, Codec::Lz4);
+        let mut buf = Vec::new();
+        r.read_pages(&cs[0], &mut buf).unwrap();
+        assert_eq!(buf, words);
+        r.read_pages(&cs[1], &mut buf).unwrap();
+        assert_eq!(buf, long);
+        assert_eq!(
+            cs[1].pieces(),
+            vec![(0x20000, 0x8000, 0), (0x30000, 0x8000, 0x8000)]
+        );
+    }
+
     /// Gathered chunks (3.1): runs sorted, disjoint, page aligned, adding up to `len`,
     /// each inside one private region (and its written pages when it inherits).
     #[test]
