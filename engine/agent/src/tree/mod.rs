@@ -19,17 +19,23 @@ use crate::manager::{close, sys_open, Config};
 use crate::sys;
 
 mod barrier;
-mod channels;
+mod files;
+mod launch;
 pub mod lazy;
 mod members;
+mod peek;
 mod round;
 mod shm;
+mod sockets;
 
 pub use barrier::*;
-pub use channels::*;
+pub use files::*;
+pub use launch::*;
 pub use members::*;
+pub use peek::*;
 pub use round::*;
 pub use shm::*;
+pub use sockets::*;
 
 /// `<root pid>:<root image dir>`, exported by the root for its descendants.
 pub const TREE_VAR: &str = "TORPOR_TREE";
