@@ -466,6 +466,14 @@ pub enum FdKind {
     UnixListen,
     /// A listening TCP socket on `sock_name` (`address:port`).
     TcpListen,
+    /// A Unix datagram socket that is not one end of an unnamed pair: bound to
+    /// `sock_name` (a path or `@name`), connected to `peer_ino` (0: not connected; the
+    /// peer is a named socket of the tree), or neither (it sends with `sendto`). Bound
+    /// again, its queued datagrams sent again to it from the sockets bound to their
+    /// sender names (`pipes/<ino>` as for `unix_dgram`, `pipes/<ino>.from`: each
+    /// datagram's sender name as a 2-byte little-endian length and the raw `sun_path`
+    /// bytes, empty for an unbound sender), then connected again.
+    UnixDgramNamed,
     /// One end of an established loopback TCP connection between processes of the tree
     /// (`sock_name` this end's address, `peer_name` the other's); recreated through the
     /// tree's listener on the server's port with the data queued for each end.
@@ -545,6 +553,14 @@ pub struct FdMeta {
     /// Sockets: `shutdown` already done on this end (bit 0 reading, bit 1 writing).
     #[serde(default, skip_serializing_if = "is_zero_u8")]
     pub shutdown: u8,
+    /// `unix_dgram_named`: the names of the sockets that sent the datagrams queued on
+    /// this one (each once; unbound senders are not listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dgram_from: Vec<String>,
+    /// `unix_dgram_named` bound to a path: the program had removed the socket file
+    /// (a restore binds the path to reconnect its senders, then removes it again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub name_unlinked: bool,
 }
 
 /// Process-wide attributes.

@@ -45,7 +45,27 @@ pub fn save_pipes(fds: &[FdSnap], pipes_fd: i32) -> Result<(), FdError> {
         }
         let r = match sock {
             Sock::Stream => peek_into(s.fd, out, &mut peek_buf),
-            Sock::Dgram => peek_dgrams(s.fd, out, &mut peek_buf),
+            Sock::Records => peek_dgrams(s.fd, out, None, &mut peek_buf),
+            Sock::Dgram => {
+                // The senders' names go to `<inode>.from`, one per datagram.
+                name[digits.len()..digits.len() + 6].copy_from_slice(b".from\0");
+                // SAFETY: openat with a NUL-terminated name in the pipes directory.
+                let from = unsafe {
+                    libc::openat(
+                        pipes_fd,
+                        name.as_ptr() as *const libc::c_char,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                        0o600,
+                    )
+                };
+                if from < 0 {
+                    Err("cannot create a datagram sender file")
+                } else {
+                    let r = peek_dgrams(s.fd, out, Some(from), &mut peek_buf);
+                    close(from);
+                    r
+                }
+            }
             Sock::Other if fifo_writer => {
                 let mut link = [0u8; 48];
                 let pre = b"/proc/self/fd/";
@@ -80,8 +100,10 @@ pub fn save_pipes(fds: &[FdSnap], pipes_fd: i32) -> Result<(), FdError> {
 enum Sock {
     /// Connected byte stream: Unix stream or TCP.
     Stream,
-    /// Connected Unix datagram or seqpacket socket (one record per peek).
+    /// Unix datagram socket (one datagram and its sender's name per peek).
     Dgram,
+    /// Unix seqpacket socket (one record per peek).
+    Records,
     /// Listening, unconnected, or of another kind: nothing to save.
     Other,
 }
@@ -94,7 +116,8 @@ fn socket_kind(fd: i32) -> Sock {
     }
     match (dom, ty) {
         (libc::AF_UNIX | libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) => Sock::Stream,
-        (libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => Sock::Dgram,
+        (libc::AF_UNIX, libc::SOCK_DGRAM) => Sock::Dgram,
+        (libc::AF_UNIX, libc::SOCK_SEQPACKET) => Sock::Records,
         _ => Sock::Other,
     }
 }
@@ -125,9 +148,15 @@ fn peek_buffer(buf: &mut (*mut u8, usize)) -> Result<(), &'static str> {
 }
 
 /// Peeks at what is queued on `fd` into `buf` (MSG_PEEK: nothing consumed): the whole
-/// stream, or the next datagram. `Ok(None)`: nothing queued (or not connected: refused
-/// when the image is classified). Refuses file descriptors in flight (SCM_RIGHTS).
-fn peek_msg(fd: i32, buf: (*mut u8, usize)) -> Result<Option<usize>, &'static str> {
+/// stream, or the next datagram (and its sender's address into `from`, with its
+/// length: 0 for an unbound sender). `Ok(None)`: nothing queued (or not connected:
+/// refused when the image is classified). Refuses file descriptors in flight
+/// (SCM_RIGHTS).
+fn peek_msg(
+    fd: i32,
+    buf: (*mut u8, usize),
+    from: Option<&mut (libc::sockaddr_un, u32)>,
+) -> Result<Option<usize>, &'static str> {
     let mut iov = libc::iovec {
         iov_base: buf.0 as *mut libc::c_void,
         iov_len: buf.1,
@@ -139,6 +168,11 @@ fn peek_msg(fd: i32, buf: (*mut u8, usize)) -> Result<Option<usize>, &'static st
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
     msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let mut from = from;
+    if let Some(f) = from.as_deref_mut() {
+        msg.msg_name = &mut f.0 as *mut libc::sockaddr_un as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as u32;
+    }
     // SAFETY: peeks into our buffers.
     let n = unsafe {
         libc::recvmsg(
@@ -180,6 +214,9 @@ fn peek_msg(fd: i32, buf: (*mut u8, usize)) -> Result<Option<usize>, &'static st
     if n as usize >= buf.1 || msg.msg_flags & libc::MSG_TRUNC != 0 {
         return Err("more than 8 MiB queued on a socket");
     }
+    if let Some(f) = from {
+        f.1 = msg.msg_namelen;
+    }
     Ok(Some(n as usize))
 }
 
@@ -199,7 +236,7 @@ fn write_all(out: i32, p: *const u8, len: usize) -> Result<(), &'static str> {
 /// Copies the data queued for reading on a stream socket without consuming it.
 fn peek_into(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'static str> {
     peek_buffer(buf)?;
-    match peek_msg(fd, *buf)? {
+    match peek_msg(fd, *buf, None)? {
         None => Ok(()),
         Some(n) => write_all(out, buf.0, n),
     }
@@ -207,8 +244,15 @@ fn peek_into(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'stat
 
 /// Copies the datagrams queued on a Unix datagram socket without consuming them
 /// (`SO_PEEK_OFF` moves each peek past the previous datagram; the program's own peek
-/// offset is put back), each as a 4-byte little-endian length and its bytes.
-fn peek_dgrams(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'static str> {
+/// offset is put back), each as a 4-byte little-endian length and its bytes; with
+/// `from`, the sender's name of each (a 2-byte little-endian length and the raw
+/// `sun_path` bytes, empty for an unbound sender) into that file.
+fn peek_dgrams(
+    fd: i32,
+    out: i32,
+    from: Option<i32>,
+    buf: &mut (*mut u8, usize),
+) -> Result<(), &'static str> {
     peek_buffer(buf)?;
     let old = sockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF);
     let set = |v: i32| {
@@ -228,8 +272,11 @@ fn peek_dgrams(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'st
     }
     let mut total = 0usize;
     let mut res = Ok(());
+    // SAFETY: a zeroed sockaddr_un is valid.
+    let mut addr: (libc::sockaddr_un, u32) = (unsafe { std::mem::zeroed() }, 0);
     loop {
-        match peek_msg(fd, *buf) {
+        addr.1 = 0;
+        match peek_msg(fd, *buf, from.map(|_| &mut addr)) {
             Ok(None) => break,
             Err(e) => {
                 res = Err(e);
@@ -253,6 +300,19 @@ fn peek_dgrams(fd: i32, out: i32, buf: &mut (*mut u8, usize)) -> Result<(), &'st
                 {
                     res = Err(e);
                     break;
+                }
+                if let Some(from) = from {
+                    // The address: the family, then the name (abstract: leading NUL).
+                    let fam = std::mem::size_of::<libc::sa_family_t>();
+                    let len = (addr.1 as usize).saturating_sub(fam).min(108);
+                    let p = addr.0.sun_path.as_ptr() as *const u8;
+                    let l = (len as u16).to_le_bytes();
+                    if let Err(e) =
+                        write_all(from, l.as_ptr(), 2).and_then(|()| write_all(from, p, len))
+                    {
+                        res = Err(e);
+                        break;
+                    }
                 }
             }
         }

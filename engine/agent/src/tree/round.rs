@@ -33,6 +33,7 @@ pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), S
                 FdKind::UnixStream
                     | FdKind::UnixDgram
                     | FdKind::UnixSeqpacket
+                    | FdKind::UnixDgramNamed
                     | FdKind::UnixListen
                     | FdKind::Tcp
                     | FdKind::TcpListen

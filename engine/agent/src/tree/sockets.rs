@@ -30,10 +30,15 @@ pub fn waits_on(listener: &FdMeta, client: &FdMeta) -> bool {
 }
 
 /// After the writers: every socket above fd 2 must be reachable from the tree: its
-/// peer in the tree, the listener it waits on in the tree, and every connection a
-/// listener holds from a client in the tree.
+/// peer in the tree, the listener it waits on in the tree, every connection a
+/// listener holds from a client in the tree, and every bound sender of a queued
+/// datagram in the tree.
 pub fn check_sockets(socks: &[(i32, FdMeta)]) -> Result<(), String> {
     for (pid, f) in socks.iter().filter(|s| s.1.fd > 2) {
+        if f.kind == FdKind::UnixDgramNamed {
+            check_dgram(*pid, f, socks)?;
+            continue;
+        }
         let connected = matches!(
             f.kind,
             FdKind::UnixStream | FdKind::UnixDgram | FdKind::UnixSeqpacket | FdKind::Tcp
@@ -67,6 +72,53 @@ pub fn check_sockets(socks: &[(i32, FdMeta)]) -> Result<(), String> {
                     f.queued as usize - clients.len()
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// A named (or unbound, unpaired) Unix datagram socket: the socket it is connected to
+/// is a named socket of the tree, and each bound socket that sent a datagram still
+/// queued on it is a socket of the tree (its name is what `recvfrom` reports).
+fn check_dgram(pid: i32, f: &FdMeta, socks: &[(i32, FdMeta)]) -> Result<(), String> {
+    let me = || {
+        format!(
+            "process {pid} fd {} (a Unix datagram socket{})",
+            f.fd,
+            f.sock_name
+                .as_deref()
+                .map(|n| format!(" bound to {n}"))
+                .unwrap_or_default()
+        )
+    };
+    if f.peer_ino != 0 {
+        match socks.iter().find(|(_, o)| o.pipe_ino == f.peer_ino) {
+            None => {
+                return Err(format!(
+                    "{} is connected to {} (socket:[{}]), which is outside the checkpointed process tree; such sockets are not supported",
+                    me(),
+                    f.peer_name.as_deref().unwrap_or("an unnamed socket"),
+                    f.peer_ino
+                ))
+            }
+            Some((_, p)) if p.sock_name.is_none() => {
+                return Err(format!(
+                    "{} is connected to an unnamed socket that is not its socketpair peer; it cannot be connected again",
+                    me()
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    for from in &f.dgram_from {
+        let known = socks
+            .iter()
+            .any(|(_, o)| o.kind == FdKind::UnixDgramNamed && o.sock_name.as_ref() == Some(from));
+        if !known {
+            return Err(format!(
+                "{} holds datagrams sent from {from}, a socket that is closed or outside the checkpointed process tree: their sender address cannot be given back at restore; the next checkpoint retries once they are read",
+                me()
+            ));
         }
     }
     Ok(())

@@ -16,6 +16,15 @@ pub(super) fn capture_fds(
     inp: &CaptureInput,
 ) -> Result<Vec<FdMeta>, CaptureError> {
     let mut fds = Vec::new();
+    // The pause left the tree's socket data in the generation's pipes/ (a tree
+    // member writes its image one directory below).
+    let pipes = [
+        pending.path().join("pipes"),
+        pending.path().join("../pipes"),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+    .unwrap_or_default();
     // SAFETY: getpid cannot fail.
     let me = unsafe { libc::getpid() };
     for (i, s) in inp.fds.iter().enumerate() {
@@ -46,7 +55,7 @@ pub(super) fn capture_fds(
                 limit: inp.capture_limit,
             });
         }
-        let mut m = fd_meta(s)?;
+        let mut m = fd_meta(s, &pipes)?;
         if m.kind == FdKind::Deleted && m.captured.is_none() {
             save_deleted(pending, s.fd)?;
             m.captured = Some(format!("files/fd-{}", s.fd));
@@ -56,7 +65,7 @@ pub(super) fn capture_fds(
     Ok(fds)
 }
 
-fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
+fn fd_meta(s: &FdSnap, pipes: &std::path::Path) -> Result<FdMeta, CaptureError> {
     let target = read_link(&format!("/proc/self/fd/{}", s.fd));
     let acc = s.flags & libc::O_ACCMODE;
     let mut m = FdMeta {
@@ -87,6 +96,8 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         launch: None,
         sockopts: Vec::new(),
         shutdown: 0,
+        dgram_from: Vec::new(),
+        name_unlinked: false,
     };
     let fmt = s.mode & libc::S_IFMT;
     // The launch's stdio, at its own number or kept at another (a shell's fd 10).
@@ -122,7 +133,7 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
         return Ok(m);
     }
     if fmt == libc::S_IFSOCK {
-        if let Some(k) = socket_meta(s, &mut m)? {
+        if let Some(k) = socket_meta(s, &mut m, pipes)? {
             m.kind = k;
             m.file = None;
             return Ok(m);
@@ -175,7 +186,7 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
     } else {
         let why = match fmt {
             libc::S_IFSOCK => {
-                "only Unix stream, datagram and seqpacket socket pairs, listening Unix stream sockets and their connections, and loopback TCP inside the tree are supported"
+                "only Unix stream, datagram and seqpacket socket pairs, named Unix datagram sockets, listening Unix stream sockets and their connections, and loopback TCP inside the tree are supported"
             }
             libc::S_IFCHR => "character devices other than null/zero/full/random/urandom",
             _ => "unsupported file kind",
@@ -192,7 +203,11 @@ fn fd_meta(s: &FdSnap) -> Result<FdMeta, CaptureError> {
 /// Classifies a socket: which kind of socket the tree restore can recreate, with its
 /// names and state filled into `m`; `None` for one it cannot (refused by the caller,
 /// or stdio at 0-2).
-fn socket_meta(s: &FdSnap, m: &mut FdMeta) -> Result<Option<FdKind>, CaptureError> {
+fn socket_meta(
+    s: &FdSnap,
+    m: &mut FdMeta,
+    pipes: &std::path::Path,
+) -> Result<Option<FdKind>, CaptureError> {
     let Some(u) = super::unix::unix_info(s.ino) else {
         return super::tcp::tcp_meta(s, m);
     };
@@ -230,15 +245,58 @@ fn socket_meta(s: &FdSnap, m: &mut FdMeta) -> Result<Option<FdKind>, CaptureErro
         m.peer_name = Some(peer);
         return Ok(Some(FdKind::UnixStream));
     }
-    if u.kind == libc::SOCK_DGRAM as u8 && u.peer != 0 && !u.named {
+    if u.kind == libc::SOCK_DGRAM as u8 {
+        // One end of an unnamed pair: neither end bound, each the other's peer.
+        let pair = !u.named
+            && u.peer != 0
+            && super::unix::unix_info(u.peer).is_some_and(|p| !p.named && p.peer == s.ino);
         m.peer_ino = u.peer;
-        return Ok(Some(FdKind::UnixDgram));
+        if pair {
+            return Ok(Some(FdKind::UnixDgram));
+        }
+        m.name_unlinked = u.named
+            && u.name.as_deref().is_some_and(|n| !n.starts_with('@'))
+            && !u.name.as_deref().is_some_and(|n| {
+                std::fs::symlink_metadata(n).is_ok_and(|md| {
+                    std::os::unix::fs::MetadataExt::ino(&md) & 0xffff_ffff == u.vfs_ino
+                })
+            });
+        m.sock_name = u.name;
+        if u.peer != 0 {
+            m.peer_name = super::unix::peer_name(s.fd);
+        }
+        m.dgram_from = dgram_senders(pipes, s.ino);
+        return Ok(Some(FdKind::UnixDgramNamed));
     }
     if u.kind == libc::SOCK_SEQPACKET as u8 && u.state == ESTABLISHED && u.peer != 0 && !u.named {
         m.peer_ino = u.peer;
         return Ok(Some(FdKind::UnixSeqpacket));
     }
     Ok(None)
+}
+
+/// The names of the bound sockets whose datagrams were queued on socket `ino` at the
+/// pause (`pipes/<ino>.from`, written by the agent), each once.
+fn dgram_senders(pipes: &std::path::Path, ino: u64) -> Vec<String> {
+    let Ok(b) = std::fs::read(pipes.join(format!("{ino}.from"))) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut at = 0usize;
+    while at + 2 <= b.len() {
+        let len = u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+        at += 2;
+        let Some(raw) = b.get(at..at + len) else {
+            break;
+        };
+        at += len;
+        if let Some(n) = super::unix::name_text(raw) {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    out
 }
 
 /// Name (inside the generation) of the captured contents of a shared writable mapping.

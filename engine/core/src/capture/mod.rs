@@ -10,7 +10,7 @@ mod fds;
 mod helper;
 mod memory;
 mod tcp;
-mod unix;
+pub(crate) mod unix;
 
 pub use fds::{save_deleted, shared_map_name};
 use memory::PageSink;

@@ -22,15 +22,19 @@ pub struct UnixInfo {
     pub rqlen: (u32, u32),
     /// `shutdown` done on this socket (bit 0 reading, bit 1 writing).
     pub shutdown: u8,
+    /// Bound to a path: the inode of the socket file the bind created.
+    pub vfs_ino: u64,
 }
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_NAME: u32 = 1;
+const UDIAG_SHOW_VFS: u32 = 2;
 const UDIAG_SHOW_PEER: u32 = 4;
 const UDIAG_SHOW_ICONS: u32 = 8;
 const UDIAG_SHOW_RQLEN: u32 = 16;
 const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_VFS: u16 = 1;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_ICONS: u16 = 3;
 const UNIX_DIAG_RQLEN: u16 = 4;
@@ -56,7 +60,7 @@ pub fn unix_info(ino: u64) -> Option<UnixInfo> {
 }
 
 /// A sun_path as text: a path, or `@name` for an abstract name (leading NUL).
-fn name_text(raw: &[u8]) -> Option<String> {
+pub fn name_text(raw: &[u8]) -> Option<String> {
     if raw.is_empty() {
         return None;
     }
@@ -78,7 +82,8 @@ fn query(fd: i32, ino: u64) -> Option<UnixInfo> {
     req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // all states
     req[24..28].copy_from_slice(&(ino as u32).to_ne_bytes());
     req[28..32].copy_from_slice(
-        &(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN).to_ne_bytes(),
+        &(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN)
+            .to_ne_bytes(),
     );
     req[32..40].copy_from_slice(&[0xff; 8]); // no cookie
                                              // SAFETY: sends our request buffer to the kernel (netlink address: pid 0).
@@ -127,6 +132,10 @@ fn query(fd: i32, ino: u64) -> Option<UnixInfo> {
             UNIX_DIAG_NAME => {
                 info.named = !data.is_empty();
                 info.name = name_text(data);
+            }
+            UNIX_DIAG_VFS if data.len() >= 8 => {
+                // unix_diag_vfs: inode, device (the kernel's encoding).
+                info.vfs_ino = u32::from_ne_bytes(data[..4].try_into().ok()?) as u64;
             }
             UNIX_DIAG_PEER if len >= 8 => {
                 info.peer = u32::from_ne_bytes(data[..4].try_into().ok()?) as u64;

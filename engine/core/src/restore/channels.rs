@@ -195,9 +195,9 @@ fn in_dir<T>(
     r
 }
 
-/// A listening Unix socket bound to `name` again. A socket file left at a path name
+/// A new Unix socket of type `ty` bound to `name`. A socket file left at a path name
 /// is removed first, only if it is a socket owned by the restoring user.
-fn unix_listener(name: &str, backlog: u32) -> Result<OwnedFd, RestoreError> {
+fn unix_bound(name: &str, ty: i32) -> Result<OwnedFd, RestoreError> {
     if !name.starts_with('@') {
         if let Ok(md) = std::fs::symlink_metadata(name) {
             // SAFETY: getuid cannot fail.
@@ -205,7 +205,7 @@ fn unix_listener(name: &str, backlog: u32) -> Result<OwnedFd, RestoreError> {
             if !md.file_type().is_socket() || md.uid() != me {
                 return Err(changed(
                     name,
-                    "exists and is not a socket file of the restoring user (the listening socket cannot be bound there)",
+                    "exists and is not a socket file of the restoring user (the socket cannot be bound there again)",
                 ));
             }
             std::fs::remove_file(name).map_err(ioe(format!("stale socket {name}")))?;
@@ -213,20 +213,29 @@ fn unix_listener(name: &str, backlog: u32) -> Result<OwnedFd, RestoreError> {
     }
     // SAFETY: a new socket.
     let fd = owned(
-        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+        unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) },
         "socket",
     )?;
     let (a, len) = unix_addr(name)?;
-    // SAFETY: bind/listen on our socket with a valid address.
-    unsafe {
-        if libc::bind(
+    // SAFETY: bind our socket to a valid address.
+    if unsafe {
+        libc::bind(
             fd.as_raw_fd(),
             &a as *const libc::sockaddr_un as *const libc::sockaddr,
             len,
-        ) != 0
-        {
-            return Err(last_os(&format!("binding {name}")));
-        }
+        )
+    } != 0
+    {
+        return Err(last_os(&format!("binding {name}")));
+    }
+    Ok(fd)
+}
+
+/// A listening Unix socket bound to `name` again (see [`unix_bound`]).
+fn unix_listener(name: &str, backlog: u32) -> Result<OwnedFd, RestoreError> {
+    let fd = unix_bound(name, libc::SOCK_STREAM)?;
+    // SAFETY: listen on our bound socket.
+    unsafe {
         if libc::listen(fd.as_raw_fd(), backlog.max(1) as i32) != 0 {
             return Err(last_os(&format!("listen on {name}")));
         }
@@ -241,6 +250,12 @@ fn unix_connect(name: &str) -> Result<OwnedFd, RestoreError> {
         unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
         "socket",
     )?;
+    connect_to(&fd, name)?;
+    Ok(fd)
+}
+
+/// Connects `fd` to the socket bound to `name`.
+fn connect_to(fd: &OwnedFd, name: &str) -> Result<(), RestoreError> {
     let (a, len) = unix_addr(name)?;
     // SAFETY: connect our socket to a valid address.
     if unsafe {
@@ -253,7 +268,7 @@ fn unix_connect(name: &str) -> Result<OwnedFd, RestoreError> {
     {
         return Err(last_os(&format!("connecting to {name}")));
     }
-    Ok(fd)
+    Ok(())
 }
 
 fn accept(listener: &OwnedFd, what: &str) -> Result<OwnedFd, RestoreError> {
@@ -285,7 +300,11 @@ pub(super) fn unix_sockets<'a>(
         for f in &m.fds {
             if matches!(
                 f.kind,
-                FdKind::UnixStream | FdKind::UnixDgram | FdKind::UnixSeqpacket | FdKind::UnixListen
+                FdKind::UnixStream
+                    | FdKind::UnixDgram
+                    | FdKind::UnixSeqpacket
+                    | FdKind::UnixDgramNamed
+                    | FdKind::UnixListen
             ) && f.dup_of.is_none()
             {
                 ends.entry(f.pipe_ino)
@@ -310,6 +329,7 @@ pub(super) fn unix_sockets<'a>(
         listeners.insert(name, (ino, cwd));
         out.insert(ino, fd);
     }
+    named_dgrams(&ends, gen_dir, &mut out)?;
     let data = |ino: u64| gen_dir.join("pipes").join(ino.to_string());
     for (&a, &(fa, _)) in &ends {
         let records = matches!(fa.kind, FdKind::UnixDgram | FdKind::UnixSeqpacket);
@@ -396,6 +416,168 @@ pub(super) fn unix_sockets<'a>(
         }
     }
     Ok(out)
+}
+
+/// Sends the datagram `d` from `from` to the address `to`.
+fn send_dgram(from: &OwnedFd, d: &[u8], to: &(libc::sockaddr_un, libc::socklen_t)) -> isize {
+    // SAFETY: sends one datagram from our buffer on our own socket to a valid address.
+    unsafe {
+        libc::sendto(
+            from.as_raw_fd(),
+            d.as_ptr() as *const libc::c_void,
+            d.len(),
+            libc::MSG_DONTWAIT,
+            &to.0 as *const libc::sockaddr_un as *const libc::sockaddr,
+            to.1,
+        )
+    }
+}
+
+fn dgram_socket() -> Result<OwnedFd, RestoreError> {
+    // SAFETY: a new socket.
+    owned(
+        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) },
+        "socket",
+    )
+}
+
+/// Named (and unpaired unbound) Unix datagram sockets: each bound to its name again;
+/// the datagrams queued on each sent to it again in order, each from the socket of the
+/// tree bound to its sender's name, so that `recvfrom` reports the same address (from
+/// a temporary unbound socket for an unbound sender), before any socket is connected
+/// (a connected socket takes datagrams only from its peer); then each connected to
+/// its peer again (first those whose peer is connected elsewhere: the peer must not
+/// be connected yet), and a path name the program had removed removed again.
+fn named_dgrams(
+    ends: &BTreeMap<u64, (&FdMeta, &str)>,
+    gen_dir: &Path,
+    out: &mut HashMap<u64, OwnedFd>,
+) -> Result<(), RestoreError> {
+    let dgrams: Vec<(u64, &FdMeta, &str)> = ends
+        .iter()
+        .filter(|e| e.1 .0.kind == FdKind::UnixDgramNamed)
+        .map(|(&ino, &(f, cwd))| (ino, f, cwd))
+        .collect();
+    let mut by_name: HashMap<&str, u64> = HashMap::new();
+    for &(ino, f, cwd) in &dgrams {
+        let fd = match f.sock_name.as_deref() {
+            Some(name) => {
+                if f.name_unlinked
+                    && in_dir(cwd, name, || Ok(std::fs::symlink_metadata(name).is_ok()))?
+                {
+                    return Err(changed(
+                        name,
+                        "was removed by the program after binding a datagram socket there, and exists again",
+                    ));
+                }
+                by_name.insert(name, ino);
+                in_dir(cwd, name, || unix_bound(name, libc::SOCK_DGRAM))?
+            }
+            None => dgram_socket()?,
+        };
+        for &(l, n, v) in &f.sockopts {
+            setopt(&fd, l, n, v);
+        }
+        out.insert(ino, fd);
+    }
+    let mut temp: Option<OwnedFd> = None;
+    for &(ino, f, cwd) in &dgrams {
+        let data = std::fs::read(gen_dir.join("pipes").join(ino.to_string())).unwrap_or_default();
+        if data.is_empty() {
+            continue;
+        }
+        let from =
+            std::fs::read(gen_dir.join("pipes").join(format!("{ino}.from"))).unwrap_or_default();
+        let Some(name) = f.sock_name.as_deref() else {
+            return Err(other(
+                format!("socket:[{ino}]"),
+                "datagrams are queued on an unbound datagram socket that is not a socketpair end"
+                    .into(),
+            ));
+        };
+        let to = unix_addr(name)?;
+        let bad = || RestoreError::NotCaptured {
+            path: format!("pipes/{ino}"),
+        };
+        in_dir(cwd, name, || {
+            let (mut at, mut fa) = (0usize, 0usize);
+            while at + 4 <= data.len() {
+                let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+                    as usize;
+                let d = data.get(at + 4..at + 4 + len).ok_or_else(bad)?;
+                at += 4 + len;
+                let l = from
+                    .get(fa..fa + 2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+                    .ok_or_else(bad)?;
+                let raw = from.get(fa + 2..fa + 2 + l).ok_or_else(bad)?;
+                fa += 2 + l;
+                let n = match crate::capture::unix::name_text(raw) {
+                    Some(sender) => {
+                        let Some(src) = by_name.get(sender.as_str()).and_then(|i| out.get(i))
+                        else {
+                            return Err(other(
+                                format!("socket:[{ino}]"),
+                                format!("a datagram queued on {name} was sent from {sender}, which is not in the checkpoint"),
+                            ));
+                        };
+                        send_dgram(src, d, &to)
+                    }
+                    None => {
+                        if temp.is_none() {
+                            temp = Some(dgram_socket()?);
+                        }
+                        let mut n = temp.as_ref().map_or(-1, |t| send_dgram(t, d, &to));
+                        if n < 0
+                            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+                        {
+                            // The temporary sender's buffer is full: another one.
+                            let t = dgram_socket()?;
+                            n = send_dgram(&t, d, &to);
+                            temp = Some(t);
+                        }
+                        n
+                    }
+                };
+                if n != d.len() as isize {
+                    return Err(last_os(&format!("refilling the datagram socket {name}")));
+                }
+            }
+            Ok(())
+        })?;
+    }
+    let elsewhere = |f: &FdMeta| {
+        ends.get(&f.peer_ino)
+            .is_some_and(|p| p.0.peer_ino != 0 && p.0.peer_ino != f.pipe_ino)
+    };
+    for first in [true, false] {
+        for &(ino, f, _) in &dgrams {
+            if f.peer_ino == 0 || elsewhere(f) != first {
+                continue;
+            }
+            let peer = ends
+                .get(&f.peer_ino)
+                .and_then(|&(p, pcwd)| p.sock_name.as_deref().map(|n| (n, pcwd)));
+            let Some((pname, pcwd)) = peer else {
+                return Err(other(
+                    format!("socket:[{ino}]"),
+                    "a datagram socket connected to a socket that is not in the checkpoint".into(),
+                ));
+            };
+            let Some(fd) = out.get(&ino) else {
+                continue;
+            };
+            in_dir(pcwd, pname, || connect_to(fd, pname))?;
+        }
+    }
+    for &(_, f, cwd) in &dgrams {
+        if let (true, Some(name)) = (f.name_unlinked, f.sock_name.as_deref()) {
+            in_dir(cwd, name, || {
+                std::fs::remove_file(name).map_err(ioe(format!("removing {name} again")))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Open file descriptions shared by several processes: each is opened once (from its

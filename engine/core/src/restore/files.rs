@@ -50,6 +50,7 @@ pub(super) fn reopen(f: &FdMeta, gen_dir: &Path) -> Result<Option<OwnedFd>, Rest
         | FdKind::UnixStream
         | FdKind::UnixDgram
         | FdKind::UnixSeqpacket
+        | FdKind::UnixDgramNamed
         | FdKind::UnixListen
         | FdKind::Tcp
         | FdKind::TcpListen => return Ok(None),

@@ -248,7 +248,13 @@ pub(super) fn prepare_process(
         use torpor_image::meta::FdKind::*;
         if matches!(
             f.kind,
-            Pipe | UnixStream | UnixDgram | UnixSeqpacket | UnixListen | Tcp | TcpListen
+            Pipe | UnixStream
+                | UnixDgram
+                | UnixSeqpacket
+                | UnixDgramNamed
+                | UnixListen
+                | Tcp
+                | TcpListen
         ) {
             if let Some(fd) = pipes.end_for(f)? {
                 files.push((f.fd, fd));

@@ -127,12 +127,14 @@ impl Manifest {
 }
 
 /// Whether `name` is one of the files a process tree adds to a generation:
-/// `pipes/<n>`, `shm/<n>` or `p<pid>/files/<name>` (no other shape, nothing hidden).
+/// `pipes/<n>`, `pipes/<n>.from` (senders of queued datagrams), `shm/<n>` or
+/// `p<pid>/files/<name>` (no other shape, nothing hidden).
 fn tree_file_name(name: &str) -> bool {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let plain = |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('/');
     match name.split('/').collect::<Vec<_>>().as_slice() {
-        ["pipes" | "shm", n] => digits(n),
+        ["pipes", n] => digits(n) || n.strip_suffix(".from").is_some_and(digits),
+        ["shm", n] => digits(n),
         [p, "files", f] => p.strip_prefix('p').is_some_and(digits) && plain(f),
         _ => false,
     }
@@ -255,16 +257,21 @@ mod tests {
         fs::create_dir_all(p.path().join("pipes")).unwrap();
         fs::create_dir_all(p.path().join("p42").join(FILES)).unwrap();
         fs::write(p.path().join("pipes").join("77"), b"in flight").unwrap();
+        fs::write(p.path().join("pipes").join("77.from"), b"\0\0").unwrap();
         fs::write(p.path().join("p42").join(FILES).join("fd-3"), b"copy").unwrap();
         let g = p.commit(manifest()).unwrap();
         let m = s.manifest(1).unwrap();
         assert!(m.files.contains_key("pipes/77") && m.files.contains_key("p42/files/fd-3"));
+        assert!(m.files.contains_key("pipes/77.from"));
         m.verify_files(&g).unwrap();
         fs::write(g.join("pipes").join("77"), b"in flighT").unwrap();
         assert!(m.verify_files(&g).is_err());
         for bad in [
             "p42/../x",
             "pipes/x",
+            "pipes/x.from",
+            "pipes/.from",
+            "shm/1.from",
             "shm/1/2",
             "q1/files/a",
             "p1/files/.x",
