@@ -41,6 +41,7 @@ const PROGS: &[&str] = &[
     "tree_tcp",
     "tree_scm",
     "tree_seqpacket",
+    "tree_dgram_named",
 ];
 
 fn main() {

@@ -214,6 +214,8 @@ pub fn named(name: &str) -> Option<Case> {
         "tree_tcp" => Case::tree("tree_tcp"),
         "tree_scm" => Case::tree("tree_scm"),
         "tree_seqpacket" => Case::tree("tree_seqpacket"),
+        "tree_dgram_named" => Case::tree("tree_dgram_named"),
+        "python_syslog" => Case::script_tree("python_syslog", PYTHON, "python_syslog.py"),
         _ => return None,
     };
     Some(c)

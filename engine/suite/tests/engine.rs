@@ -89,4 +89,6 @@ cases!(
     shell_redirect,
     python_socketserver,
     tree_seqpacket,
+    tree_dgram_named,
+    python_syslog,
 );

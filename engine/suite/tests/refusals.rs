@@ -140,23 +140,58 @@ print("done", flush=True)
 }
 
 #[test]
-fn named_datagram_socket() {
+fn datagrams_from_a_closed_sender() {
+    // recvfrom reports the name of a datagram's sender even after that socket was
+    // closed; a restore could not send it again from a socket of that name.
     refused(
-        "dgram",
+        "dgramclosed",
         r#"
 import os, socket, time
 srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 srv.bind("dgram.sock")
 pid = os.fork()
 if pid == 0:
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    c.bind("\0torpor-refusal-closed-%d" % os.getpid())
+    c.sendto(b"from a socket closed since", "dgram.sock")
+    c.close()
     time.sleep(3)
     os._exit(0)
+time.sleep(0.3)
 print("READY", os.getpid(), flush=True)
 os.waitpid(pid, 0)
 print("done", flush=True)
 "#,
-        "fd 3",
+        "a socket that is closed or outside the checkpointed process tree",
     );
+}
+
+#[test]
+fn datagram_socket_connected_outside_the_tree() {
+    // The receiver is this test process: never part of the program's tree.
+    let dir = std::env::temp_dir().join(format!("torpor-refusal-dgram-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let path = dir.join("outside.sock");
+    let outside = std::os::unix::net::UnixDatagram::bind(&path).expect("bound");
+    refused(
+        "dgramout",
+        &format!(
+            r#"
+import os, socket, time
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+c.connect("{}")
+c.send(b"to the outside")
+print("READY", os.getpid(), flush=True)
+time.sleep(3)
+print("done", flush=True)
+"#,
+            path.display()
+        ),
+        "which is outside the checkpointed process tree",
+    );
+    drop(outside);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
