@@ -315,3 +315,26 @@ pub fn save_deleted(pending: &Pending, fd: i32) -> Result<(), CaptureError> {
     out.sync_all().map_err(proc_err("deleted file fsync"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::dgram_senders;
+
+    #[test]
+    fn datagram_senders_are_listed_once_without_unbound_ones() {
+        let dir = std::env::temp_dir().join(format!("torpor-dgram-from-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = Vec::new();
+        for raw in [&b"c3.sock"[..], b"", b"\0abs", b"c3.sock", b""] {
+            b.extend_from_slice(&(raw.len() as u16).to_le_bytes());
+            b.extend_from_slice(raw);
+        }
+        // A record cut short (a damaged file) ends the list.
+        b.extend_from_slice(&9u16.to_le_bytes());
+        b.extend_from_slice(b"cut");
+        std::fs::write(dir.join("42.from"), &b).unwrap();
+        assert_eq!(dgram_senders(&dir, 42), vec!["c3.sock", "@abs"]);
+        assert!(dgram_senders(&dir, 43).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
