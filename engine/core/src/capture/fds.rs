@@ -254,6 +254,9 @@ fn socket_meta(
         if pair {
             return Ok(Some(FdKind::UnixDgram));
         }
+        if s.fd <= 2 && s.internal == 0 {
+            return Ok(None); // the launch's stdio (a socket to a logger outside)
+        }
         m.name_unlinked = u.named
             && u.name.as_deref().is_some_and(|n| !n.starts_with('@'))
             && !u.name.as_deref().is_some_and(|n| {
