@@ -99,13 +99,23 @@ fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Sorted, disjoint intervals: `a \ b`.
+/// Sorted, disjoint intervals: `a \ b`. One merge pass: a 1%-dirty incremental image of
+/// 4 GiB has ~10 000 written ranges in one region, and a pass of `b` per interval of `a`
+/// cost ~100 ms of restore time per call.
 fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
+    let mut j = 0;
     for &(s, e) in a {
         let mut at = s;
-        for &(bs, be) in b {
-            if be <= at || bs >= e {
+        // Intervals of `b` wholly before this one are before every later one too.
+        while j < b.len() && b[j].1 <= s {
+            j += 1;
+        }
+        for &(bs, be) in &b[j..] {
+            if bs >= e {
+                break;
+            }
+            if be <= at {
                 continue;
             }
             if bs > at {
@@ -414,6 +424,36 @@ mod tests {
                 (0x18000, 0x1000, 4096 + 0x3000)
             ]
         );
+    }
+
+    /// The merge pass agrees with a page-by-page subtraction, including intervals of `b`
+    /// that span several of `a` and touch their ends.
+    #[test]
+    fn subtract_matches_page_by_page() {
+        let pages = |v: &[(u64, u64)]| -> Vec<u64> { v.iter().flat_map(|&(s, e)| s..e).collect() };
+        type Ranges = Vec<(u64, u64)>;
+        let cases: Vec<(Ranges, Ranges)> = vec![
+            (vec![(0, 10)], vec![(2, 3), (5, 7)]),
+            (vec![(0, 4), (6, 10), (12, 20)], vec![(3, 13)]),
+            (vec![(0, 4), (6, 10)], vec![(0, 4), (10, 12)]),
+            (vec![(5, 9)], vec![(0, 1), (2, 5), (9, 11)]),
+            (
+                (0..50).map(|i| (i * 10, i * 10 + 5)).collect(),
+                (0..70).map(|i| (i * 7 + 1, i * 7 + 4)).collect(),
+            ),
+        ];
+        for (a, b) in cases {
+            let want: Vec<u64> = pages(&a)
+                .into_iter()
+                .filter(|p| !pages(&b).contains(p))
+                .collect();
+            let got = subtract(&a, &b);
+            assert_eq!(pages(&got), want, "{a:?} minus {b:?}");
+            assert!(
+                got.windows(2).all(|w| w[0].1 < w[1].0),
+                "not sorted and disjoint: {got:?}"
+            );
+        }
     }
 
     /// An inheriting region must be mapped by the parent.
