@@ -96,6 +96,9 @@ pub struct PlanHeader {
     /// The older images of an incremental chain (extents read from them); stage 2
     /// closes them with `image_fd`. -1 for none.
     pub chain_fds: [i64; MAX_CHAIN],
+    /// 1: raw pages of private anonymous regions are copied into place with
+    /// `UFFDIO_COPY` where the kernel allows it (stage 2 copy.rs); 0: `pread` only.
+    pub copy: u64,
 }
 
 /// Longest incremental chain (images, newest included) a restore accepts.

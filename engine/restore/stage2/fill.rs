@@ -1,10 +1,11 @@
-//! Stage 2, filling memory: reads raw chunks straight into place and decodes LZ4 chunks
-//! from a scratch buffer, split between this thread and one helper thread.
+//! Stage 2, filling memory: copies raw chunks straight into place (copy.rs, or `pread`)
+//! and decodes LZ4 chunks from a scratch buffer, split between this thread and one
+//! helper thread.
 
 use crate::plan::*;
 use crate::rawclone::raw_clone;
 use crate::sys::{die, nr, sc};
-use crate::{hdr, lz4, table, MADV_POPULATE_WRITE, SCRATCH_ADDR};
+use crate::{copy, hdr, lz4, table, MADV_POPULATE_WRITE, SCRATCH_ADDR};
 
 /// Reads `len` bytes at file offset `off` of image `fd` into `to`.
 fn pread_full(fd: u64, to: u64, len: u64, off: u64) {
@@ -28,15 +29,19 @@ fn fill_extents(from: usize, to: usize, scratch: u64) {
     // chunk follow each other in the plan, so each chunk is decoded once.
     let mut decoded = (-1i64, u64::MAX);
     for e in &ext[from..to] {
-        // Allocate the extent's pages in one call rather than one fault per page (a
-        // fault costs ~1 us in a VM; failure, e.g. an older kernel, just means faults).
-        // SAFETY: MADV_POPULATE_WRITE on part of a region mapped writable.
-        unsafe { sc(nr::MADVISE, e.vaddr, e.len, MADV_POPULATE_WRITE, 0, 0, 0) };
         match e.codec {
-            CODEC_RAW => pread_full(e.fd as u64, e.vaddr, e.len, e.file_off),
-            CODEC_LZ4 if e.skip != 0 || e.dec_len != e.len => {
-                // Part of a chunk (newer images of the chain hold the rest): decode it
-                // aside, copy the part.
+            CODEC_RAW => {
+                // Straight from the image's page cache into fresh pages where the region
+                // takes that (copy.rs); the rest the plain way.
+                let done = copy::copy_raw(e);
+                if done < e.len {
+                    populate(e.vaddr + done, e.len - done);
+                    pread_full(e.fd as u64, e.vaddr + done, e.len - done, e.file_off + done);
+                }
+            }
+            // Part of a chunk (newer images of the chain hold the rest), or any chunk
+            // while copying: decode it aside, copy the part.
+            CODEC_LZ4 if e.skip != 0 || e.dec_len != e.len || (copy::on() && e.dec_len <= h.dec_len) => {
                 if e.stored_len > h.scratch_len || e.dec_len > h.dec_len || e.skip + e.len > e.dec_len {
                     die(b"partial compressed chunk does not fit the scratch buffer", e.vaddr as i64);
                 }
@@ -56,14 +61,20 @@ fn fill_extents(from: usize, to: usize, scratch: u64) {
                     }
                     decoded = (e.fd, e.file_off);
                 }
-                // SAFETY: the destination lies inside a region mapped writable for `len`
-                // bytes; the decoded bytes are in the restorer's own range.
-                unsafe { crate::sys::memcpy(e.vaddr as *mut u8, (dec + e.skip) as *const u8, e.len as usize) };
+                let src = dec + e.skip;
+                let done = copy::copy_from(e.vaddr, src, e.len);
+                if done < e.len {
+                    populate(e.vaddr + done, e.len - done);
+                    // SAFETY: the destination lies inside a region mapped writable for
+                    // `len` bytes; the decoded bytes are in the restorer's own range.
+                    unsafe { crate::sys::memcpy((e.vaddr + done) as *mut u8, (src + done) as *const u8, (e.len - done) as usize) };
+                }
             }
             CODEC_LZ4 => {
                 if e.stored_len > h.scratch_len {
                     die(b"compressed chunk larger than the scratch buffer", e.vaddr as i64);
                 }
+                populate(e.vaddr, e.len);
                 pread_full(e.fd as u64, scratch, e.stored_len, e.file_off);
                 // SAFETY: the scratch buffer holds stored_len bytes just read; the
                 // destination lies inside a region mapped writable for `len` bytes.
@@ -80,6 +91,13 @@ fn fill_extents(from: usize, to: usize, scratch: u64) {
             _ => die(b"unknown chunk codec", e.codec as i64),
         }
     }
+}
+
+/// Allocates `len` bytes of pages at `at` in one call rather than one fault per page (a
+/// fault costs ~1 us in a VM; failure, e.g. an older kernel, just means faults).
+fn populate(at: u64, len: u64) {
+    // SAFETY: MADV_POPULATE_WRITE on part of a region mapped writable.
+    unsafe { sc(nr::MADVISE, at, len, MADV_POPULATE_WRITE, 0, 0, 0) };
 }
 
 const HUGE: u64 = 2 << 20;

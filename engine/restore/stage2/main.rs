@@ -21,6 +21,7 @@ mod lz4;
 #[path = "../../core/src/rawclone.rs"]
 mod rawclone;
 
+mod copy;
 mod fill;
 mod sys;
 
@@ -301,7 +302,11 @@ fn map_regions() {
             huge_pages_for(r);
         }
     }
+    if h.thp == 0 && h.copy != 0 {
+        copy::setup();
+    }
     fill_all();
+    copy::teardown();
     for r in regs {
         if r.nextents > 0 && r.prot as u64 | PROT_RW != r.prot as u64 {
             // SAFETY: final protection of our own mapping.

@@ -158,6 +158,10 @@ pub fn build_plan_chain(
         itimers[i] = [a, b];
     }
     let sz = |n: usize, each: usize| (n * each) as u64;
+    let thp = std::env::var("TORPOR_RESTORE_THP").as_deref() == Ok("1");
+    // TORPOR_RESTORE_COPY=0 turns UFFDIO_COPY off (for comparisons, or a kernel where
+    // it misbehaves). Huge pages come from page faults, which UFFDIO_COPY does not take.
+    let copy = !thp && std::env::var("TORPOR_RESTORE_COPY").as_deref() != Ok("0");
     let mut h = PlanHeader {
         magic: PLAN_MAGIC,
         nregions: regions.len() as u64,
@@ -193,20 +197,22 @@ pub fn build_plan_chain(
         fill_threads: fill_threads(),
         // Off by default: on the VMs measured, clearing fresh 2 MiB pages sometimes
         // cost more than 4 KiB faults (engine.md §10).
-        thp: (std::env::var("TORPOR_RESTORE_THP").as_deref() == Ok("1")) as u64,
+        thp: thp as u64,
         scratch_len: extents
             .iter()
             .filter(|e| e.codec != CODEC_RAW)
             .map(|e| e.stored_len.next_multiple_of(4096))
             .max()
             .unwrap_or(0),
+        // While copying (stage 2 copy.rs) every compressed chunk is decoded aside.
         dec_len: extents
             .iter()
-            .filter(|e| e.codec != CODEC_RAW && (e.skip != 0 || e.dec_len != e.len))
+            .filter(|e| e.codec != CODEC_RAW && (copy || e.skip != 0 || e.dec_len != e.len))
             .map(|e| e.dec_len.next_multiple_of(4096))
             .max()
             .unwrap_or(0),
         chain_fds,
+        copy: copy as u64,
         attempt_plus1: std::env::var("TORPOR_ATTEMPT")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())

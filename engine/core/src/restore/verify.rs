@@ -1,6 +1,6 @@
 //! Restore stage 1, integrity: every chunk's checksum, checked before the point of no
-//! return. The image is mapped read-only (no copy out of the page cache) and hashed by
-//! two threads, so a large image costs about one pass over memory.
+//! return. The image is mapped read-only (no copy out of the page cache) and mapped in and
+//! hashed by two threads, so a large image costs about one pass over memory.
 
 use std::os::fd::AsRawFd;
 
@@ -37,6 +37,25 @@ impl Mapped {
 }
 
 fn first_bad(r: &ImageReader, m: &Mapped, chunks: &[(usize, &Chunk)]) -> Option<ImageError> {
+    // Map this part's pages in one call (each thread its own part) instead of a fault
+    // per 16 pages while hashing.
+    let from = chunks.iter().map(|(_, c)| c.offset).min().unwrap_or(0) & !4095;
+    let to = chunks
+        .iter()
+        .map(|(_, c)| c.offset + c.stored_len)
+        .max()
+        .unwrap_or(0);
+    if to > from {
+        // SAFETY: advice on part of our own read-only mapping (bounds checked against the
+        // file length); a failure only means page faults.
+        unsafe {
+            libc::madvise(
+                (m.addr as *mut u8).add(from as usize) as *mut libc::c_void,
+                (to - from) as usize,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+    }
     chunks.iter().find_map(|&(i, c)| {
         (xxh3_64(m.bytes(c.offset, c.stored_len)) != c.checksum).then(|| ImageError::Checksum {
             path: r.path().to_path_buf(),
@@ -81,7 +100,7 @@ pub fn verify_chunks(r: &ImageReader) -> Result<(), ImageError> {
             std::ptr::null_mut(),
             len as usize,
             libc::PROT_READ,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
+            libc::MAP_SHARED,
             r.file().as_raw_fd(),
             0,
         )
