@@ -195,8 +195,8 @@ pub fn build_plan_chain(
         itimers,
         drop_caps: (same_pids && my_uid() != 0) as u64,
         fill_threads: fill_threads(),
-        // Off by default: on the VMs measured, clearing fresh 2 MiB pages sometimes
-        // cost more than 4 KiB faults (engine.md §10).
+        // Off by default: on the VMs measured, clearing fresh 2 MiB pages (handed back
+        // to the host by free page reporting) cost ~9x 4 KiB pages (ADR 0010).
         thp: thp as u64,
         scratch_len: extents
             .iter()
