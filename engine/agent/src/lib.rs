@@ -379,15 +379,26 @@ fn register_atfork() {
     }
 }
 
-/// A member's manager: answers the root's tree rounds; forwards requests sent to it
-/// directly to the root; applies the program's SIGTERM disposition at once.
-fn member_main(cfg: Config, mut seen: u32, mut seen_term: u32) {
-    // SAFETY: blocks every signal for this thread only.
+/// Blocks every signal but the request for the calling thread (a member's manager): the
+/// root asks this thread directly (a signal to a thread dies with it if the program
+/// execs, where one to the process would meet the default action and kill it).
+fn member_mask(request_sig: i32) {
+    // SAFETY: sets this thread's own mask from a local set.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        libc::sigdelset(&mut all, request_sig);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
+}
+
+/// A member's manager: answers the root's tree rounds; forwards requests sent to it
+/// directly to the root; applies the program's SIGTERM disposition at once.
+fn member_main(cfg: Config, mut seen: u32, mut seen_term: u32) {
+    member_mask(cfg.request_sig);
+    // The round this process last joined: the root asks again until a member answers,
+    // and a late copy of its request is not a new one.
+    let mut joined: i32 = 0;
     manager::MANAGER_TID.store(sys::gettid(), SeqCst);
     let mut root = tree::ROOT_PID.load(SeqCst);
     // SIGTERM arrived (and is held) since this time.
@@ -421,10 +432,16 @@ fn member_main(cfg: Config, mut seen: u32, mut seen_term: u32) {
         }
         seen = cur;
         let id = manager::REQ_ID.load(SeqCst);
+        if id == joined {
+            continue;
+        }
         match tree::read_round(&cfg.dir) {
             Some((rid, tmp)) if rid == id => {
+                joined = id;
                 let out = manager::member_checkpoint(&cfg, id, &tmp);
                 if matches!(out, Outcome::Restored) {
+                    // A restored thread starts with every signal blocked.
+                    member_mask(cfg.request_sig);
                     if manager::IN_PIDNS.load(SeqCst) == 0 {
                         // New pids: the root's pid changed too.
                         if let Some(r) = tree::root_after_restore(cfg.park_sig) {
@@ -438,7 +455,7 @@ fn member_main(cfg: Config, mut seen: u32, mut seen_term: u32) {
                     seen_term = sigwrap::TERM.load(SeqCst);
                 }
                 if let Outcome::Failed(e) = &out {
-                    if cfg.verbose {
+                    if cfg.verbose && e != tree::NOT_LISTED {
                         eprintln!(
                             "torpor: process {}: tree checkpoint failed: {e}",
                             sys::getpid()
@@ -461,6 +478,8 @@ fn member_main(cfg: Config, mut seen: u32, mut seen_term: u32) {
                     sigwrap::apply_program_sigterm();
                 }
             }
+            // A tree round's request that came late (the round is over): nothing to do.
+            _ if tree::is_round_id(id) => {}
             _ if cfg.slurm && manager::REQ_CODE.load(SeqCst) != libc::SI_QUEUE => {
                 // A job-wide request (`scancel --signal`, what `torpor checkpoint JOBID`
                 // sends) reaches every process of the step, the root included: forwarding

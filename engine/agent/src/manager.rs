@@ -272,6 +272,8 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
                             if let Some(why) = tree::member_failure(&cfg.dir) {
                                 *e = format!("{e}: {why}");
                             }
+                        } else {
+                            *e = round.explain(e);
                         }
                     }
                     if !matches!(out, Outcome::Restored) {
@@ -281,8 +283,9 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
                 }
             },
         };
-        // A process of the tree was created, exited or was between exec and its agent:
-        // take the tree again a little later.
+        // A member was killed while stopped, or a new child shares memory the round
+        // did not list: take the tree again a little later. (Processes that exit, exec
+        // or fork during a round do not fail it: see `tree::RootRound`.)
         match &out {
             Outcome::Failed(e) if tries < 5 && tree::transient(e) => {
                 tries += 1;
@@ -601,6 +604,9 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         finish_restore(n);
         return Outcome::Restored;
     };
+    if let Role::Member(m) = &role {
+        m.writer_forked(pid);
+    }
     let barrier = role.after_fork();
     if barrier.is_err() {
         role.abort();

@@ -58,9 +58,15 @@ pub(crate) fn child_main() -> ! {
     // A generation is committed only while its program lives: if the program is killed
     // mid-checkpoint, its writer dies with it and leaves an uncommitted temporary (cleaned
     // by the next round), never a generation that races with a restore of an older one.
+    // A tree member's writer is the exception: the member was part of the round's cut
+    // and may exit once released (a short-lived child); its writer finishes the image
+    // and reports it (`.done`), and the root, which commits, still lives.
+    let member = crate::tree::MEMBER.load(SeqCst);
     // SAFETY: prctl/getppid on ourselves.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if !member {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        }
         if libc::getppid() != a.pid {
             libc::syscall(libc::SYS_exit_group, 1);
         }
@@ -85,7 +91,17 @@ pub(crate) fn child_main() -> ! {
     }
     // SAFETY: PR_SET_NAME with a NUL-terminated name.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"torpor-writer".as_ptr()) };
-    let code = match child_write(a, ws, we) {
+    let res = child_write(a, ws, we);
+    if member {
+        // SAFETY: published by the manager, alive in our copy of its frame.
+        let pending = unsafe { &*a.pending };
+        crate::tree::writer_report(
+            pending.path(),
+            a.pid,
+            res.as_ref().err().map(String::as_str),
+        );
+    }
+    let code = match res {
         Ok(()) => {
             // The image is durable (and committed when `a.commit`): tell the manager now
             // rather than by exiting, since tearing down this copy of a large address

@@ -216,6 +216,7 @@ pub fn named(name: &str) -> Option<Case> {
         "tree_seqpacket" => Case::tree("tree_seqpacket"),
         "tree_dgram_named" => Case::tree("tree_dgram_named"),
         "python_syslog" => Case::script_tree("python_syslog", PYTHON, "python_syslog.py"),
+        "tree_churn" => Case::script_tree("tree_churn", BASH, "tree_churn.sh"),
         _ => return None,
     };
     Some(c)

@@ -91,4 +91,5 @@ cases!(
     tree_seqpacket,
     tree_dgram_named,
     python_syslog,
+    tree_churn,
 );

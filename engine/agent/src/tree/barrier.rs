@@ -50,20 +50,6 @@ impl Marks {
         (fd >= 0).then_some(Marks { dir: fd })
     }
 
-    pub fn touch(&self, name: &CString) -> bool {
-        // SAFETY: openat with a NUL-terminated name in a directory we opened.
-        let fd = unsafe {
-            libc::openat(
-                self.dir,
-                name.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
-        close(fd);
-        fd >= 0
-    }
-
     pub fn has(&self, name: &CString) -> bool {
         // SAFETY: faccessat with a NUL-terminated name.
         unsafe { libc::faccessat(self.dir, name.as_ptr(), libc::F_OK, 0) == 0 }
@@ -78,6 +64,11 @@ pub const PH_STOP: u32 = 1;
 pub const PH_GO: u32 = 2;
 pub const PH_RELEASE: u32 = 3;
 
+/// How far a member got ([`Shared::state`] of its slot).
+pub const ST_READY: u32 = 1;
+pub const ST_STOPPED: u32 = 2;
+pub const ST_FORKED: u32 = 3;
+
 /// The words of one round's barrier page.
 #[repr(C)]
 pub struct Shared {
@@ -85,13 +76,21 @@ pub struct Shared {
     pub phase: AtomicU32,
     /// Set by any process that abandons the round.
     pub abort: AtomicU32,
-    /// Members ready to stop (before the pause).
-    pub ready: AtomicU32,
-    /// Members stopped with their fds snapshotted.
-    pub stopped: AtomicU32,
-    /// Members whose writer is forked.
-    pub forked: AtomicU32,
+    /// Bumped (and woken) by a member at each step: the root waits on it.
+    pub progress: AtomicU32,
+    /// Slots in use: every process of the tree the root listed, in the order found
+    /// (members that joined during the round last).
+    pub count: AtomicU32,
+    /// The pid of each slot.
+    pub pids: [AtomicI32; MAX_TREE],
+    /// How far each slot's member got ([`ST_READY`], [`ST_STOPPED`], [`ST_FORKED`]).
+    pub state: [AtomicU32; MAX_TREE],
+    /// The pid of each member's writer once forked (it outlives a member that exits
+    /// after the release and reports for it).
+    pub writer: [AtomicI32; MAX_TREE],
 }
+
+const _: () = assert!(std::mem::size_of::<Shared>() <= 4096);
 
 /// The barriers of one tree round: a page of the file `<pending>/.barrier` mapped
 /// `MAP_SHARED` by every process of the tree, with futexes on its words. The mapping is
@@ -158,6 +157,27 @@ impl Barrier {
         unsafe { &*self.page }
     }
 
+    /// The root: lists `pid` in a new slot; `None` when the page is full.
+    pub fn add(&self, pid: i32) -> Option<usize> {
+        let w = self.words();
+        let i = w.count.load(SeqCst) as usize;
+        if i >= MAX_TREE {
+            return None;
+        }
+        w.pids[i].store(pid, SeqCst);
+        w.state[i].store(0, SeqCst);
+        w.writer[i].store(0, SeqCst);
+        w.count.store(i as u32 + 1, SeqCst);
+        Some(i)
+    }
+
+    /// A member: the slot the root gave `pid`.
+    pub fn slot_of(&self, pid: i32) -> Option<usize> {
+        let w = self.words();
+        let n = (w.count.load(SeqCst) as usize).min(MAX_TREE);
+        (0..n).find(|&i| w.pids[i].load(SeqCst) == pid)
+    }
+
     /// Publishes `phase` and wakes every waiter.
     pub fn set_phase(&self, phase: u32) {
         let w = self.words();
@@ -165,17 +185,19 @@ impl Barrier {
         sys::futex_wake_shared(&w.phase);
     }
 
-    /// Counts this process in `counter` and wakes the root.
-    pub fn arrive(&self, counter: &AtomicU32) {
-        counter.fetch_add(1, SeqCst);
-        sys::futex_wake_shared(counter);
+    /// A member: slot `slot` reached `state`; wakes the root.
+    pub fn arrive(&self, slot: usize, state: u32) {
+        let w = self.words();
+        w.state[slot].fetch_max(state, SeqCst);
+        w.progress.fetch_add(1, SeqCst);
+        sys::futex_wake_shared(&w.progress);
     }
 
     /// Abandons the round: every waiter wakes and fails.
     pub fn abort(&self) {
         let w = self.words();
         w.abort.store(1, SeqCst);
-        for x in [&w.phase, &w.ready, &w.stopped, &w.forked] {
+        for x in [&w.phase, &w.progress] {
             sys::futex_wake_shared(x);
         }
     }
@@ -228,7 +250,7 @@ impl Barrier {
 }
 
 /// Whether the NUL-terminated `path` exists (pause-safe).
-fn exists(path: &[u8]) -> bool {
+pub(super) fn exists(path: &[u8]) -> bool {
     // SAFETY: faccessat with a NUL-terminated path.
     unsafe {
         libc::faccessat(
@@ -241,7 +263,7 @@ fn exists(path: &[u8]) -> bool {
 }
 
 /// How long a barrier waits before it checks that the processes it waits for live.
-const SLICE_NS: u64 = 10_000_000;
+pub(super) const SLICE_NS: u64 = 10_000_000;
 
 /// The pending directory of a tree round, opened for markers and pipe data.
 pub fn open_dirs(tmp: &Path) -> Option<(Marks, i32)> {

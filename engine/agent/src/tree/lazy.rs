@@ -109,11 +109,28 @@ pub fn init(request_sig: i32, start: fn()) {
     // SAFETY: dlsym with a NUL-terminated name.
     let calloc = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"calloc".as_ptr()) } as u64;
     let known = (0..3).all(|i| RANGES[i * 2 + 1].load(SeqCst) > 0);
-    let enabled = std::env::var_os(ENABLE_VAR).is_some_and(|v| v == "1");
+    // From the process's initial environment rather than getenv: a program may define
+    // its own getenv (bash does, and its answers before its variables exist are not
+    // the environment's).
+    let enabled = std::fs::read("/proc/self/environ").is_ok_and(|e| {
+        e.split(|&c| c == 0)
+            .any(|v| v.strip_prefix(ENABLE_VAR.as_bytes()) == Some(b"=1"))
+    });
+    REQUESTED.store(enabled, SeqCst);
     LAZY_OK.store(
         enabled && cfg!(target_arch = "x86_64") && known && in_range(0, calloc),
         SeqCst,
     );
+}
+
+/// Lazy starts were asked for (members may be lazy even where this process, with an
+/// allocator of its own, cannot be).
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether members of this tree may be lazy (they then get a request through the
+/// process: they have no manager thread to send it to).
+pub fn requested() -> bool {
+    REQUESTED.load(SeqCst)
 }
 
 /// Whether this process can start its manager lazily.

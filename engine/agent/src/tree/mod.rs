@@ -68,9 +68,9 @@ const EXITED: &str = "a process of the tree exited during the checkpoint";
 pub const ABANDONED: &str = "the checkpoint of the process tree was abandoned";
 const NO_AGENT: &str = "has no torpor agent";
 
-/// Failures that a new round a moment later may not meet (processes come and go).
+/// Failures that a new round a moment later may not meet.
 pub fn transient(msg: &str) -> bool {
-    msg == CHANGED || msg == EXITED || msg.contains(NO_AGENT)
+    msg == CHANGED || msg == EXITED
 }
 
 /// Pid of the tree's root (0: not part of a tree yet).
