@@ -554,6 +554,8 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
             // With the whole tree stopped.
             // SAFETY: manager-only table; no reference into it is used across this call.
             tree::probe_no_writers(unsafe { &mut (&mut *FDS.0.get())[..args.nfds] });
+            // SAFETY: as above.
+            tree::probe_hangup(unsafe { &mut (&mut *FDS.0.get())[..args.nfds] });
         }
         // SAFETY: manager-only table, read again after the probe above.
         let snapped = unsafe { &(&*FDS.0.get())[..args.nfds] };

@@ -217,6 +217,7 @@ pub fn named(name: &str) -> Option<Case> {
         "tree_dgram_named" => Case::tree("tree_dgram_named"),
         "python_syslog" => Case::script_tree("python_syslog", PYTHON, "python_syslog.py"),
         "tree_churn" => Case::script_tree("tree_churn", BASH, "tree_churn.sh"),
+        "make_j2" => Case::script_tree("make_j2", BASH, "make_j2.sh"),
         _ => return None,
     };
     Some(c)

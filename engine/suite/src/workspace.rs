@@ -95,6 +95,11 @@ impl Workspace {
                 ..
             } => {
                 let src = Path::new(env!("TORPOR_SUITE_SCRIPTS_DIR")).join(script);
+                // A companion file the script reads next to itself (`NAME.mk`).
+                let mk = src.with_extension("mk");
+                if mk.exists() && mk != src {
+                    self.copy_in(&mk, 0o644)?;
+                }
                 vec![
                     OsString::from(interpreter),
                     self.copy_in(&src, 0o644)?.into(),

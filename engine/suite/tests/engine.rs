@@ -92,4 +92,5 @@ cases!(
     tree_dgram_named,
     python_syslog,
     tree_churn,
+    make_j2,
 );

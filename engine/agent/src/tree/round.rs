@@ -63,6 +63,31 @@ pub fn check_images(images: &[(i32, PathBuf)], shm: &[ShmGroup]) -> Result<(), S
     Ok(())
 }
 
+/// Marks the pipe read ends without a writer left anywhere that still hold data (the
+/// output of a command substitution whose child exited before its parent read it):
+/// `poll` reports `POLLHUP` on them without consuming anything. Runs with the whole tree
+/// stopped, after `probe_no_writers` (which sees only empty ones). Pause-safe.
+pub fn probe_hangup(fds: &mut [FdSnap]) {
+    for s in fds.iter_mut() {
+        if s.no_writers != 0
+            || s.mode & libc::S_IFMT != libc::S_IFIFO
+            || s.flags & libc::O_ACCMODE == libc::O_WRONLY
+        {
+            continue;
+        }
+        let mut p = libc::pollfd {
+            fd: s.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll of one of our own fds with a zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n == 1 && p.revents & libc::POLLHUP != 0 {
+            s.no_writers = 1;
+        }
+    }
+}
+
 static ROUND_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Request ids of tree rounds (`torpor checkpoint` uses ids below 2^30).
