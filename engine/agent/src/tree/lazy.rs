@@ -6,8 +6,11 @@
 //! hold a lock that `pthread_create` takes (glibc's stack cache, malloc for the TLS,
 //! the loader's TLS lock, the agent's allocator) nor be inside malloc's lock-free
 //! single-thread path: its instruction pointer is outside libc, the dynamic loader and
-//! the agent, or in libc inside a blocking system call. Otherwise a one-shot timer
-//! tries again [`RETRY_NS`] later on the next thread of the process.
+//! the agent, or in libc inside a blocking system call, and it is not running one of
+//! the program's signal handlers (which may have interrupted malloc: a signal frame on
+//! its stack, or its alternate signal stack in use). Otherwise a one-shot timer tries
+//! again [`RETRY_NS`] later on the next thread of the process. On by default;
+//! `TORPOR_LAZY_MEMBERS=0` makes members eager.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::OnceLock;
@@ -25,10 +28,9 @@ pub const START_AFTER_NS: i64 = 50_000_000;
 /// Overrides [`START_AFTER_NS`] (milliseconds), for tests and diagnosis: a large value
 /// leaves the start to the first round or SIGTERM.
 pub const START_AFTER_VAR: &str = "TORPOR_LAZY_START_MS";
-/// Lazy starts are opt-in (`1`): the safe-point test refuses while the interrupted
-/// context blocks a caught signal, and a member that keeps such signals blocked (bash
-/// subshells pacing with `read -t` were seen to) would never get its manager, so a
-/// round would wait for it until the barrier timeout. Eager managers are the default.
+/// Lazy starts are the default; `0` makes every member start its manager at once
+/// (eager, as before lazy starts), for diagnosis or a program whose threads stay in
+/// libc without system calls for long.
 pub const ENABLE_VAR: &str = "TORPOR_LAZY_MEMBERS";
 static START_AFTER: AtomicI64 = AtomicI64::new(START_AFTER_NS);
 /// Delay between attempts.
@@ -97,8 +99,8 @@ pub fn init(request_sig: i32, start: fn()) {
         0
     }
     SIG.store(request_sig as u32, SeqCst);
-    if let Some(ms) = std::env::var(START_AFTER_VAR)
-        .ok()
+    if let Some(ms) = initial_env(START_AFTER_VAR)
+        .and_then(|v| String::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<i64>().ok())
     {
         START_AFTER.store(ms.clamp(1, 1 << 40) * 1_000_000, SeqCst);
@@ -109,13 +111,7 @@ pub fn init(request_sig: i32, start: fn()) {
     // SAFETY: dlsym with a NUL-terminated name.
     let calloc = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"calloc".as_ptr()) } as u64;
     let known = (0..3).all(|i| RANGES[i * 2 + 1].load(SeqCst) > 0);
-    // From the process's initial environment rather than getenv: a program may define
-    // its own getenv (bash does, and its answers before its variables exist are not
-    // the environment's).
-    let enabled = std::fs::read("/proc/self/environ").is_ok_and(|e| {
-        e.split(|&c| c == 0)
-            .any(|v| v.strip_prefix(ENABLE_VAR.as_bytes()) == Some(b"=1"))
-    });
+    let enabled = initial_env(ENABLE_VAR).is_none_or(|v| v != b"0");
     REQUESTED.store(enabled, SeqCst);
     LAZY_OK.store(
         enabled && cfg!(target_arch = "x86_64") && known && in_range(0, calloc),
@@ -123,8 +119,20 @@ pub fn init(request_sig: i32, start: fn()) {
     );
 }
 
-/// Lazy starts were asked for (members may be lazy even where this process, with an
-/// allocator of its own, cannot be).
+/// The value of `name` in the process's initial environment (`/proc/self/environ`),
+/// rather than from getenv: a program may define its own getenv, and bash's does not
+/// answer from the environment while the constructors run.
+fn initial_env(name: &str) -> Option<Vec<u8>> {
+    let env = std::fs::read("/proc/self/environ").ok()?;
+    env.split(|&c| c == 0).find_map(|v| {
+        v.strip_prefix(name.as_bytes())?
+            .strip_prefix(b"=")
+            .map(<[u8]>::to_vec)
+    })
+}
+
+/// Lazy starts are on (members may be lazy even where this process, with an allocator
+/// of its own, cannot be).
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// Whether members of this tree may be lazy (they then get a request through the
@@ -193,14 +201,13 @@ fn safe_point(uc: *mut libc::c_void) -> bool {
     }
     // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO handler.
     let ctx = unsafe { &*(uc as *const libc::ucontext_t) };
-    // SAFETY: sigset_t starts with the 64-bit kernel signal mask.
-    let mask = unsafe { *(&ctx.uc_sigmask as *const libc::sigset_t as *const u64) };
-    if mask & caught() != 0 {
-        // Probably inside one of the program's own signal handlers (its signal is
-        // blocked there), which may have interrupted malloc: not here.
+    let g = &ctx.uc_mcontext.gregs;
+    // Inside one of the program's own signal handlers, which may have interrupted
+    // malloc: not here. (A blocked signal is no sign of it: bash blocks SIGCHLD for
+    // the whole of a `read`.)
+    if in_handler(g[libc::REG_RSP as usize] as u64) {
         return false;
     }
-    let g = &ctx.uc_mcontext.gregs;
     let rip = g[libc::REG_RIP as usize] as u64;
     let rax = g[libc::REG_RAX as usize];
     if in_range(1, rip) || in_range(2, rip) {
@@ -223,11 +230,63 @@ fn safe_point(uc: *mut libc::c_void) -> bool {
     at(rip) && blocking_ok(rax, g[libc::REG_RSI as usize])
 }
 
-/// The signals (bit `n - 1` for signal `n`) this process has a handler for, other
-/// than the agent's own request and park signals and glibc's internal 32 and 33.
-/// Raw `rt_sigaction` queries: signal-safe.
+/// Whether the words at `f` (which hold a restorer address) look like the base of the
+/// kernel's x86-64 signal frame: `pretcode`, then a `ucontext` with small `uc_flags`,
+/// no `uc_link`, and a saved context whose stack pointer lies above the frame and whose
+/// `fpstate` (if any) lies between the two. A copy of the restorer in a `struct
+/// sigaction` kept on the stack (bash's `read` keeps some) does not. Signal-safe.
 #[cfg(target_arch = "x86_64")]
-fn caught() -> u64 {
+fn is_sigframe(f: u64) -> bool {
+    let mut w = [0u64; 32];
+    let local = libc::iovec {
+        iov_base: w.as_mut_ptr() as *mut libc::c_void,
+        iov_len: std::mem::size_of_val(&w),
+    };
+    let remote = libc::iovec {
+        iov_base: f as *mut libc::c_void,
+        iov_len: std::mem::size_of_val(&w),
+    };
+    // SAFETY: copies 256 bytes of our own address space into a local buffer; fails
+    // rather than faults on an unreadable page.
+    let got = unsafe {
+        libc::syscall(
+            libc::SYS_process_vm_readv,
+            sys::getpid(),
+            &local as *const libc::iovec,
+            1usize,
+            &remote as *const libc::iovec,
+            1usize,
+            0usize,
+        )
+    };
+    if got != std::mem::size_of_val(&w) as i64 {
+        return false;
+    }
+    // ucontext at f + 8: uc_flags, uc_link, uc_stack (3 words), then sigcontext:
+    // r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, ..., fpstate (word 23).
+    let (flags, link) = (w[1], w[2]);
+    let (sp, ip, fpstate) = (w[6 + 15], w[6 + 16], w[6 + 23]);
+    flags <= 0xff
+        && link == 0
+        && ip != 0
+        && sp > f + 8 * 32
+        && sp - f < 1 << 20
+        && (fpstate == 0 || (fpstate > f && fpstate < sp))
+}
+
+/// How far above the interrupted stack pointer [`in_handler`] looks for a signal frame.
+#[cfg(target_arch = "x86_64")]
+const FRAME_SCAN: u64 = 256 * 1024;
+
+/// Whether the thread interrupted with stack pointer `rsp` is running a signal handler:
+/// it is on its alternate signal stack, or a signal frame lies on its stack above `rsp`
+/// (the kernel puts the handler's return address, the `sa_restorer` of the handler's
+/// `sigaction`, at the base of each frame it pushes). The stack is read with
+/// `process_vm_readv` on ourselves, which fails instead of faulting at the end of the
+/// mapping. A stale copy of that address in a live frame makes it refuse (safe).
+/// Signal-safe.
+#[cfg(target_arch = "x86_64")]
+fn in_handler(rsp: u64) -> bool {
     #[repr(C)]
     struct KAction {
         handler: usize,
@@ -235,10 +294,24 @@ fn caught() -> u64 {
         restorer: usize,
         mask: u64,
     }
-    let own = [SIG.load(SeqCst) as i32, crate::PARK_SIGNAL, 32, 33];
-    let mut m = 0u64;
+    const SA_RESTORER: u64 = 0x0400_0000;
+    // SAFETY: a zeroed stack_t is valid; sigaltstack only queries into it.
+    let on_alt = unsafe {
+        let mut ss: libc::stack_t = std::mem::zeroed();
+        libc::syscall(
+            libc::SYS_sigaltstack,
+            std::ptr::null::<libc::stack_t>(),
+            &mut ss as *mut libc::stack_t,
+        ) == 0
+            && ss.ss_flags & libc::SS_ONSTACK != 0
+    };
+    if on_alt {
+        return true;
+    }
+    let mut restorers = [0u64; 8];
+    let mut n = 0usize;
     for s in 1..=64i32 {
-        if own.contains(&s) || s == libc::SIGKILL || s == libc::SIGSTOP {
+        if s == libc::SIGKILL || s == libc::SIGSTOP {
             continue;
         }
         let mut old = KAction {
@@ -257,11 +330,59 @@ fn caught() -> u64 {
                 8usize,
             )
         };
-        if r == 0 && old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN {
-            m |= 1u64 << (s - 1);
+        if r != 0 || old.handler == libc::SIG_DFL || old.handler == libc::SIG_IGN {
+            continue;
+        }
+        if old.flags & SA_RESTORER == 0 || old.restorer == 0 {
+            // A handler without a restorer: its frames cannot be told apart.
+            return true;
+        }
+        let a = old.restorer as u64;
+        if !restorers[..n].contains(&a) {
+            if n == restorers.len() {
+                return true;
+            }
+            restorers[n] = a;
+            n += 1;
         }
     }
-    m
+    let mut buf = [0u64; 512];
+    let mut at = rsp & !7;
+    let end = at.saturating_add(FRAME_SCAN);
+    while at < end {
+        let len = (((at & !0xfff) + 0x1000).min(end) - at) as usize;
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: len,
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: copies `len` bytes of our own address space into our stack buffer;
+        // an unmapped or unreadable page makes it fail rather than fault.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_process_vm_readv,
+                sys::getpid(),
+                &local as *const libc::iovec,
+                1usize,
+                &remote as *const libc::iovec,
+                1usize,
+                0usize,
+            )
+        };
+        if got <= 0 {
+            break;
+        }
+        for (i, w) in buf[..got as usize / 8].iter().enumerate() {
+            if restorers[..n].contains(w) && is_sigframe(at + 8 * i as u64) {
+                return true;
+            }
+        }
+        at += got as u64;
+    }
+    false
 }
 
 #[cfg(not(target_arch = "x86_64"))]
