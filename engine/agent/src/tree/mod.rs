@@ -22,6 +22,7 @@ mod barrier;
 mod files;
 mod launch;
 pub mod lazy;
+pub(crate) mod member;
 mod members;
 mod peek;
 mod round;
