@@ -198,6 +198,9 @@ pub(crate) extern "C" fn on_request(_sig: i32, info: *mut libc::siginfo_t, uc: *
             (*info).si_code,
         )
     };
+    if tree::in_vfork_child() {
+        return;
+    }
     if code == libc::SI_TIMER {
         // The retry timer of a lazy member's start, never a request.
         tree::lazy::on_signal(uc);
@@ -372,6 +375,7 @@ fn start() {
     }
     manager::ATTEMPT.store(cfg.attempt, SeqCst);
     manager::SLURM.store(cfg.slurm, SeqCst);
+    tree::OWN_PID.store(sys::getpid(), SeqCst);
     find_writable_segment();
     find_rseq_offset();
     if !install(PARK_SIGNAL, park::on_park) || !install(cfg.request_sig, on_request) {

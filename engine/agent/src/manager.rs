@@ -239,6 +239,8 @@ fn finish_restore(nthreads: usize) {
         ri.restored = 0;
     }
     RESUMED.store(0, SeqCst);
+    // With new pids, this process's pid changed.
+    tree::OWN_PID.store(sys::getpid(), SeqCst);
     // Thread names are not restored; the tree root finds agents by this one's name.
     // SAFETY: PR_SET_NAME with a NUL-terminated name, for the calling thread.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"torpor-agent".as_ptr()) };
@@ -262,9 +264,14 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
             Ok(pending) => match tree::RootRound::prepare(cfg, &pending) {
                 Err(e) => {
                     pending.abort();
+                    tree::forget_round_fds();
                     Outcome::Failed(e)
                 }
-                Ok(None) => checkpoint_round(cfg, &store, pending, Role::Single),
+                Ok(None) => {
+                    let out = checkpoint_round(cfg, &store, pending, Role::Single);
+                    tree::forget_round_fds();
+                    out
+                }
                 Ok(Some(mut round)) => {
                     let mut out = checkpoint_round(cfg, &store, pending, Role::Root(&mut round));
                     if let Outcome::Failed(e) = &mut out {
@@ -279,6 +286,7 @@ pub fn checkpoint(cfg: &Config) -> Outcome {
                     if !matches!(out, Outcome::Restored) {
                         round.close();
                     }
+                    tree::forget_round_fds();
                     out
                 }
             },
@@ -309,6 +317,7 @@ pub fn member_checkpoint(cfg: &Config, id: i32, tmp: &std::path::Path) -> Outcom
             if !matches!(out, Outcome::Restored) {
                 round.finish(&out);
             }
+            tree::forget_round_fds();
             out
         }
     };
@@ -478,6 +487,9 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
             .map_or(std::ptr::null(), |p| p as *const Parent),
     };
     let [extra0, extra1, extra2] = role.extra_fds();
+    tree::note_round_fds(&[
+        files_fd, task_fd, fd_dir, pipe[0], pipe[1], gate[0], gate[1], extra0, extra1, extra2,
+    ]);
     let [uffd, pagemap] = dirty::fds();
     let agent_fds = [
         files_fd, task_fd, fd_dir, pipe[0], pipe[1], gate[0], gate[1], extra0, extra1, extra2,
@@ -603,6 +615,7 @@ fn checkpoint_round(cfg: &Config, store: &Store, pending: Pending, mut role: Rol
         std::mem::forget(shared_maps);
         std::mem::forget(parent);
         crate::fds::refresh_launch();
+        tree::forget_round_fds();
         finish_restore(n);
         return Outcome::Restored;
     };

@@ -12,6 +12,7 @@ use crate::{
 
 /// Starts the agent of a tree member: handlers and a manager that answers tree rounds.
 pub(crate) fn start_member(root: i32, cfg: Config) {
+    tree::OWN_PID.store(sys::getpid(), SeqCst);
     tree::ROOT_PID.store(root, SeqCst);
     tree::MEMBER.store(true, SeqCst);
     let _ = tree::ROOT_DIR.set(cfg.dir.clone());
@@ -57,7 +58,9 @@ extern "C" fn atfork_parent() {
 /// In a fork child of a tree process: it becomes a member, lazy (no thread until a
 /// round needs it) where possible.
 extern "C" fn atfork_child() {
+    tree::OWN_PID.store(sys::getpid(), SeqCst);
     alloc::fork_done();
+    tree::close_round_fds();
     if !manager::ACTIVE.load(SeqCst) && !tree::lazy::LAZY.load(SeqCst) {
         return;
     }

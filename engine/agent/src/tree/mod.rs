@@ -76,6 +76,54 @@ pub fn transient(msg: &str) -> bool {
 
 /// Pid of the tree's root (0: not part of a tree yet).
 pub static ROOT_PID: AtomicI32 = AtomicI32::new(0);
+/// This process's pid as its agent knows it (set at start, in a fork child and after a
+/// restore). A `vfork` child shares its parent's memory, where this is the parent's
+/// pid: the agent's handlers do nothing there (they would change the parent's state,
+/// or start a thread in the child).
+pub static OWN_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Whether this is a `vfork` child running on its parent's memory. Signal-safe.
+pub fn in_vfork_child() -> bool {
+    let own = OWN_PID.load(SeqCst);
+    own != 0 && own != sys::getpid()
+}
+
+/// The fds of the round in progress in this process (its directories, `/proc` handles,
+/// the writer's pipes), -1 when unused. A child forked while a round runs joins that
+/// round: it must not carry its parent's round fds as its own (one into the pending
+/// directory could not be reopened at restore, a pipe of the writer has its other end
+/// outside the tree), so the atfork child handler closes them.
+pub static ROUND_FDS: [AtomicI32; 12] = [const { AtomicI32::new(-1) }; 12];
+
+/// Notes `fds` as fds of the round in progress (see [`ROUND_FDS`]).
+pub fn note_round_fds(fds: &[i32]) {
+    for &fd in fds.iter().filter(|&&fd| fd >= 0) {
+        if ROUND_FDS.iter().any(|s| s.load(SeqCst) == fd) {
+            continue;
+        }
+        if let Some(s) = ROUND_FDS.iter().find(|s| s.load(SeqCst) < 0) {
+            s.store(fd, SeqCst);
+        }
+    }
+}
+
+/// The round is over (its fds are closed or about to be).
+pub fn forget_round_fds() {
+    for s in &ROUND_FDS {
+        s.store(-1, SeqCst);
+    }
+}
+
+/// In a fork child: closes the parent's round fds. Signal-safe.
+pub fn close_round_fds() {
+    for s in &ROUND_FDS {
+        let fd = s.swap(-1, SeqCst);
+        if fd >= 0 {
+            close(fd);
+        }
+    }
+}
+
 /// This process is a member (not the root) of a tree.
 pub static MEMBER: AtomicBool = AtomicBool::new(false);
 /// The root's image directory.

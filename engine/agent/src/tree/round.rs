@@ -207,6 +207,7 @@ impl RootRound {
         let (marks, pipes_fd) =
             open_dirs(pending.path()).ok_or("cannot open the pending generation directory")?;
         let proc_fd = sys_open(b"/proc\0", libc::O_RDONLY | libc::O_DIRECTORY);
+        note_round_fds(&[marks.dir, pipes_fd, proc_fd]);
         let id = ROUND_ID_BASE | (ROUND_SEQ.fetch_add(1, SeqCst) & 0xffff) as i32;
         let mut round = RootRound {
             marks,
@@ -685,6 +686,7 @@ impl MemberRound {
             bar.unmap();
             return Err("cannot open the pending generation directory".into());
         };
+        note_round_fds(&[marks.dir, pipes_fd]);
         let pending = torpor_image::store::Pending::for_member(sub, generation_of(tmp), attempt);
         Ok((
             MemberRound {
