@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::OnceLock;
 
 use torpor_engine::records::FdSnap;
@@ -89,11 +89,25 @@ pub fn in_vfork_child() -> bool {
 }
 
 /// The fds of the round in progress in this process (its directories, `/proc` handles,
-/// the writer's pipes), -1 when unused. A child forked while a round runs joins that
-/// round: it must not carry its parent's round fds as its own (one into the pending
-/// directory could not be reopened at restore, a pipe of the writer has its other end
-/// outside the tree), so the atfork child handler closes them.
+/// the writer's pipes), -1 when unused, with the identity (device, inode) of what each
+/// was open on. A child forked while a round runs joins that round: it must not carry
+/// its parent's round fds as its own (one into the pending directory could not be
+/// reopened at restore, a pipe of the writer has its other end outside the tree), so
+/// the atfork child handler closes them; only those still open on the same file (the
+/// round closes its fds before it forgets them, and the program may get the numbers
+/// again meanwhile).
 pub static ROUND_FDS: [AtomicI32; 12] = [const { AtomicI32::new(-1) }; 12];
+static ROUND_IDS: [(AtomicU64, AtomicU64); 12] =
+    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 12];
+
+/// (device, inode) of what `fd` is open on. Signal-safe.
+fn fd_identity(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: fstat into a local struct.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(fd, &mut st) == 0).then_some((st.st_dev, st.st_ino))
+    }
+}
 
 /// Notes `fds` as fds of the round in progress (see [`ROUND_FDS`]).
 pub fn note_round_fds(fds: &[i32]) {
@@ -101,8 +115,13 @@ pub fn note_round_fds(fds: &[i32]) {
         if ROUND_FDS.iter().any(|s| s.load(SeqCst) == fd) {
             continue;
         }
-        if let Some(s) = ROUND_FDS.iter().find(|s| s.load(SeqCst) < 0) {
-            s.store(fd, SeqCst);
+        let Some((dev, ino)) = fd_identity(fd) else {
+            continue;
+        };
+        if let Some(i) = ROUND_FDS.iter().position(|s| s.load(SeqCst) < 0) {
+            ROUND_IDS[i].0.store(dev, SeqCst);
+            ROUND_IDS[i].1.store(ino, SeqCst);
+            ROUND_FDS[i].store(fd, SeqCst);
         }
     }
 }
@@ -114,11 +133,14 @@ pub fn forget_round_fds() {
     }
 }
 
-/// In a fork child: closes the parent's round fds. Signal-safe.
+/// In a fork child: closes the parent's round fds that are still open on what the
+/// round opened. Signal-safe.
 pub fn close_round_fds() {
-    for s in &ROUND_FDS {
+    for (i, s) in ROUND_FDS.iter().enumerate() {
         let fd = s.swap(-1, SeqCst);
-        if fd >= 0 {
+        if fd >= 0
+            && fd_identity(fd) == Some((ROUND_IDS[i].0.load(SeqCst), ROUND_IDS[i].1.load(SeqCst)))
+        {
             close(fd);
         }
     }
