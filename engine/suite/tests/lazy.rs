@@ -148,7 +148,7 @@ impl Load {
         Load(
             (0..n)
                 .map(|_| {
-                    Command::new("/bin/sh")
+                    std::process::Command::new("/bin/sh")
                         .args(["-c", "while :; do :; done"])
                         .spawn()
                         .expect("busy loop starts")
@@ -199,21 +199,14 @@ echo done
     )
     .expect("script written");
     let _load = Load::start();
-    let fdclean = PathBuf::from(env!("TORPOR_SUITE_PROGS_DIR")).join("fdclean");
-    let mut run = Command::new(&fdclean);
-    run.arg(&contract.torpor)
-        .args(contract.run_args(&dir.join("images"), &["/bin/bash".into(), prog.into()]))
-        .current_dir(&dir);
-    let mut p = Proc::spawn(run, "torpor run").expect("program starts");
-    let (_, first) = p
-        .wait_line(0, TIMING.ready, is_ready)
+    let (p, pids) = contract
+        .run_until_ready(
+            &dir,
+            &dir.join("images"),
+            &["/bin/bash".into(), prog.into()],
+        )
         .expect("program prints READY");
-    let pids: Vec<u32> = first
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    assert_eq!(pids.len(), 4, "bad READY line {first:?}");
+    assert_eq!(pids.len(), 4, "bad READY line: {pids:?}");
     let (root, kids) = (pids[0], &pids[1..]);
     std::thread::sleep(Duration::from_millis(500));
     for &k in kids {
@@ -226,10 +219,10 @@ echo done
     }
     let mut failures = Vec::new();
     for _ in 0..3 {
-        let mut ck = Command::new(&fdclean);
-        ck.arg(&contract.torpor)
-            .args(contract.checkpoint_args(root, Duration::from_secs(30)))
-            .current_dir(&dir);
+        let ck = contract.command(
+            &dir,
+            contract.checkpoint_args(root, Duration::from_secs(30)),
+        );
         let f = process::run(ck, "torpor checkpoint", TIMING.command).expect("checkpoint runs");
         if !f.status.success() {
             failures.push(f.describe());
