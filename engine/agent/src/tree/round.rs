@@ -376,18 +376,18 @@ impl RootRound {
             let pid = w.pids[i].load(SeqCst);
             let live = w.state[i].load(SeqCst) >= ST_STOPPED;
             match stat_full(pid) {
-                Some(st) if live || st.state == b'Z' => {
-                    if self.cut.len() < self.cut.capacity() {
-                        self.cut.push(CutProc {
-                            pid,
-                            slot: i,
-                            st,
-                            live,
-                        });
-                    }
+                Some(st) if (live || st.state == b'Z') && self.cut.len() < self.cut.capacity() => {
+                    self.cut.push(CutProc {
+                        pid,
+                        slot: i,
+                        st,
+                        live,
+                    });
                 }
+                // Stopped, then killed: its image cannot be written.
+                None if live => return Err(EXITED),
                 // Alive but never stopped (its pid was taken again?): not a cut.
-                Some(st) if st.state != b'X' => return Err(CHANGED),
+                Some(st) if !live && st.state != b'X' && st.state != b'Z' => return Err(CHANGED),
                 // Reaped by its parent before the cut: not part of it.
                 _ => {}
             }
