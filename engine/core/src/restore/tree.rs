@@ -2,7 +2,8 @@
 //! processes of a generation (with the data buffered at the checkpoint), enters the pid
 //! namespace as the root, forks the tree in order with the original pids (zombies
 //! included), sets process groups and sessions, and lets every process exec stage 2
-//! with its own plan.
+//! with its own plan. A tree comes back whole or not at all: every process waits, with
+//! its files ready, until the root has heard that all of them are ready.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -264,6 +265,23 @@ pub(super) fn restore_tree(
     let mut newpids = vec![(root_pid, unsafe { libc::getpid() })];
     set_groups(&root, true, &newpids);
     let children = children_of(&procs);
+    let report = pipe_cloexec()?;
+    let go = pipe_cloexec()?;
+    let gate = Gate {
+        report_r: report.0.as_raw_fd(),
+        report_w: report.1.as_raw_fd(),
+        go_r: go.0.as_raw_fd(),
+        go_w: go.1.as_raw_fd(),
+        members: procs
+            .iter()
+            .skip(1)
+            .filter(|m| m.info.zombie.is_none())
+            .count(),
+    };
+    let mut gate_fds = GateFds {
+        _report: report,
+        go: (go.0, Some(go.1)),
+    };
     let ctx = Ctx {
         same_pids,
         children: &children,
@@ -273,8 +291,12 @@ pub(super) fn restore_tree(
         stage2: &stage2_file,
         verbose,
         started: sel_started,
+        gate,
     };
-    become_process(0, &mut procs, &ctx, &mut newpids)
+    let res = become_process(0, &mut procs, &ctx, &mut newpids);
+    // Failed before the exec: closing `go` unwritten sends every waiting member away.
+    gate_fds.go.1 = None;
+    res
 }
 
 /// One memfd per shared memory object of the tree, filled with its checkpoint copy.
@@ -315,6 +337,68 @@ struct Ctx<'a> {
     stage2: &'a File,
     verbose: bool,
     started: std::time::Instant,
+    /// All-or-nothing start: members write `b'o'` (ready) or `b'f'` (failed) on
+    /// `report`; the root answers each with one byte on `go` once every member is
+    /// ready, or closes `go` unwritten (members then exit without running).
+    gate: Gate,
+}
+
+/// The raw fds of the start gate (owned by `restore_tree`'s [`GateFds`]; close-on-exec).
+#[derive(Clone, Copy)]
+struct Gate {
+    report_r: i32,
+    report_w: i32,
+    go_r: i32,
+    go_w: i32,
+    /// Members other than the root that will report (zombies do not).
+    members: usize,
+}
+
+/// Owns the gate's pipes in the root.
+struct GateFds {
+    _report: (OwnedFd, OwnedFd),
+    go: (OwnedFd, Option<OwnedFd>),
+}
+
+fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), RestoreError> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(last_os("pipe2 (restore gate)"));
+    }
+    // SAFETY: both fds were just created and are owned here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// One byte to `fd`, retried on EINTR; false if it could not be written.
+fn put_byte(fd: i32, b: u8) -> bool {
+    loop {
+        // SAFETY: writes one byte from a local into an fd of ours.
+        let n = unsafe { libc::write(fd, &b as *const u8 as *const libc::c_void, 1) };
+        if n == 1 {
+            return true;
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return false;
+    }
+}
+
+/// One byte from `fd`, retried on EINTR; None at end of file or on error.
+fn get_byte(fd: i32) -> Option<u8> {
+    let mut b = 0u8;
+    loop {
+        // SAFETY: reads one byte into a local from an fd of ours.
+        let n = unsafe { libc::read(fd, &mut b as *mut u8 as *mut libc::c_void, 1) };
+        if n == 1 {
+            return Some(b);
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
 }
 
 fn children_of(procs: &[Member]) -> BTreeMap<i32, Vec<usize>> {
@@ -437,6 +521,52 @@ fn exit_like(status: i32) -> ! {
     unsafe { libc::_exit((status >> 8) & 0xff) }
 }
 
+/// The root, ready itself: waits until every member said it is ready, then lets them
+/// all go. A member that failed (or died without a word) fails the whole restore.
+fn wait_for_members(ctx: &Ctx) -> Result<(), RestoreError> {
+    let g = ctx.gate;
+    // SAFETY: the root's own copy of the report write end; members hold theirs until
+    // they report, so end of file means someone died without reporting.
+    unsafe { libc::close(g.report_w) };
+    let mut ready = 0;
+    while ready < g.members {
+        match get_byte(g.report_r) {
+            Some(b'o') => ready += 1,
+            _ => {
+                return Err(RestoreError::Io {
+                    what: format!(
+                        "restoring the process tree ({ready} of {} other processes ready)",
+                        g.members
+                    ),
+                    source: std::io::Error::other(
+                        "a process of the tree could not be restored (said above); none runs",
+                    ),
+                })
+            }
+        }
+    }
+    let go = vec![b'g'; g.members];
+    let mut done = 0;
+    while done < go.len() {
+        // SAFETY: writes from a buffer we own into the gate pipe.
+        let n = unsafe {
+            libc::write(
+                g.go_w,
+                go[done..].as_ptr() as *const libc::c_void,
+                go.len() - done,
+            )
+        };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return Err(last_os("starting the restored tree"));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 /// Creates this process's children (recursively), then execs stage 2 as process `idx`.
 fn become_process(
     idx: usize,
@@ -473,6 +603,11 @@ fn become_process(
             });
         }
         if pid == 0 {
+            // Only the root may hold the write end of `go`: its closing is the no.
+            // SAFETY: closes this child's copy of a gate fd (never used in the child; the
+            // OwnedFd that holds it in memory is never dropped here: the child execs or
+            // exits).
+            unsafe { libc::close(ctx.gate.go_w) };
             // SAFETY: getpid cannot fail.
             newpids.push((want, unsafe { libc::getpid() }));
             set_groups(&procs[c].info, false, newpids);
@@ -484,6 +619,7 @@ fn become_process(
                 Err(e) => e,
             };
             eprintln!("torpor-restore: process {want}: {err}");
+            put_byte(ctx.gate.report_w, b'f');
             // SAFETY: ends this child of the restorer.
             unsafe { libc::_exit(127) };
         }
@@ -520,6 +656,19 @@ fn become_process(
             })
         })
         .collect();
+    if idx == 0 {
+        wait_for_members(ctx)?;
+    } else {
+        put_byte(ctx.gate.report_w, b'o');
+        // SAFETY: this member is done reporting; closing its copy lets the root see end
+        // of file once every member has reported or died.
+        unsafe { libc::close(ctx.gate.report_w) };
+        if get_byte(ctx.gate.go_r) != Some(b'g') {
+            // Another process of the tree failed (it said why): run nothing.
+            // SAFETY: ends this child of the restorer before it becomes the program.
+            unsafe { libc::_exit(127) };
+        }
+    }
     let (image_file, _) = reader.into_parts();
     Err(exec_stage2(
         &meta,
