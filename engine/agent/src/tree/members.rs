@@ -90,9 +90,9 @@ fn stat_raw(pid: i32) -> Option<(i32, u8)> {
     stat_of(sys::itoa(pid as u64, &mut nb))
 }
 
-/// (ppid, state) of the process whose pid is written in `d`, with stack buffers only
-/// (pause-safe and signal-safe).
-pub(crate) fn stat_of(d: &[u8]) -> Option<(i32, u8)> {
+/// `/proc/<d>/stat` (`d`: the pid's digits) read into `buf`, no allocation
+/// (pause-safe and signal-safe): the bytes read.
+fn read_stat<'a>(d: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
     if d.len() > 20 {
         return None;
     }
@@ -106,11 +106,17 @@ pub(crate) fn stat_of(d: &[u8]) -> Option<(i32, u8)> {
     if fd < 0 {
         return None;
     }
-    let mut buf = [0u8; 512];
-    // SAFETY: reads into our stack buffer.
+    // SAFETY: reads into the caller's buffer, at most its length.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
     close(fd);
-    let s = &buf[..n.max(0) as usize];
+    Some(&buf[..n.max(0) as usize])
+}
+
+/// (ppid, state) of the process whose pid is written in `d`, with stack buffers only
+/// (pause-safe and signal-safe).
+pub(crate) fn stat_of(d: &[u8]) -> Option<(i32, u8)> {
+    let mut buf = [0u8; 512];
+    let s = read_stat(d, &mut buf)?;
     let i = s.windows(2).rposition(|w| w == b") ")?;
     let state = *s.get(i + 2)?;
     let mut ppid: i32 = 0;
@@ -182,22 +188,8 @@ pub struct RawStat {
 /// [`RawStat`] of `pid`. Pause-safe.
 pub fn stat_full(pid: i32) -> Option<RawStat> {
     let mut nb = [0u8; 24];
-    let d = sys::itoa(pid as u64, &mut nb);
-    let mut path = [0u8; 40];
-    let mut k = 0;
-    for part in [b"/proc/".as_slice(), d, b"/stat\0".as_slice()] {
-        path[k..k + part.len()].copy_from_slice(part);
-        k += part.len();
-    }
-    let fd = sys_open(&path, libc::O_RDONLY);
-    if fd < 0 {
-        return None;
-    }
     let mut buf = [0u8; 1024];
-    // SAFETY: reads into our stack buffer.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-    close(fd);
-    let s = &buf[..n.max(0) as usize];
+    let s = read_stat(sys::itoa(pid as u64, &mut nb), &mut buf)?;
     let open = s.iter().position(|&b| b == b'(')?;
     let i = s.windows(2).rposition(|w| w == b") ")?;
     let comm = s.get(open + 1..i)?;
