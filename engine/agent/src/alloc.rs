@@ -35,7 +35,9 @@ static mut CHILD_REGS: [(usize, usize); MAX_CHILD_REGIONS] = [(0, 0); MAX_CHILD_
 /// The allocator.
 pub struct AgentAlloc;
 
-fn map(len: usize) -> *mut u8 {
+/// A fresh private anonymous read-write mapping of `len` bytes, or null (no allocation,
+/// no lock: safe in the pause and after fork).
+pub(crate) fn map(len: usize) -> *mut u8 {
     // SAFETY: anonymous private mapping; no existing memory is affected.
     let p = unsafe {
         libc::mmap(

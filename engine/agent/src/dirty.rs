@@ -128,36 +128,16 @@ pub fn prepare() -> bool {
         OWNER.store(me, SeqCst);
     }
     if MAPS.load(SeqCst).is_null() {
-        // SAFETY: a fresh private anonymous mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                MAPS_LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
+        let p = crate::alloc::map(MAPS_LEN);
+        if p.is_null() {
             return false;
         }
-        MAPS.store(p as *mut u8, SeqCst);
+        MAPS.store(p, SeqCst);
     }
     if DIRTY.load(SeqCst).is_null() {
         let len = MAX_DIRTY * std::mem::size_of::<PageRegion>();
-        // SAFETY: a fresh private anonymous mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
+        let p = crate::alloc::map(len);
+        if p.is_null() {
             return false;
         }
         DIRTY.store(p as *mut PageRegion, SeqCst);

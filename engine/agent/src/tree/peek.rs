@@ -128,21 +128,11 @@ const PEEK_MAX: usize = 8 << 20;
 /// Maps the peek buffer on first use (mmap is a plain system call).
 fn peek_buffer(buf: &mut (*mut u8, usize)) -> Result<(), &'static str> {
     if buf.0.is_null() {
-        // SAFETY: a fresh anonymous mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PEEK_MAX,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
+        let p = crate::alloc::map(PEEK_MAX);
+        if p.is_null() {
             return Err("cannot map a buffer for socket data");
         }
-        *buf = (p as *mut u8, PEEK_MAX);
+        *buf = (p, PEEK_MAX);
     }
     Ok(())
 }
